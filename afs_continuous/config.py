@@ -1,0 +1,361 @@
+"""Configuration of the continuous-learning loop.
+
+All configuration objects are pydantic models that validate at construction:
+an unknown or mistyped key, a value of the wrong type or out of range raises
+:class:`~afs_continuous.errors.ConfigError` naming the key path and, for a
+typo, the closest valid key.
+
+Precedence (highest first): explicit arguments > ``AFS_CONTINUOUS_*``
+environment variables > the JSON file > defaults. Environment variables name a
+key path with ``__`` between levels, for example
+``AFS_CONTINUOUS_TRIGGER_CONFIG__MIN_NEW_SAMPLES=500`` or
+``AFS_CONTINUOUS_DB_PATH=/var/lib/afs/usage.db``; values are parsed as JSON
+when they can be (``500``, ``true``, ``null``) and taken as strings otherwise.
+
+Example:
+    >>> cfg = LoopConfig(trigger_config=TriggerConfig(min_new_samples=500))
+    >>> cfg.trigger_config.min_new_samples, cfg.ab_test_config.initial_challenger_traffic
+    (500, 0.1)
+    >>> LoopConfig.model_validate({"trigger_config": {"min_new_sampels": 5}})
+    Traceback (most recent call last):
+    ...
+    afs_continuous.errors.ConfigError: invalid configuration: trigger_config.min_new_sampels: unknown key (did you mean 'min_new_samples'?)
+"""
+
+from __future__ import annotations
+
+import contextvars
+import difflib
+import json
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "LoopConfig",
+    "TriggerConfig",
+    "DataGeneratorConfig",
+    "ABTestConfig",
+    "LoggerConfig",
+    "TrainingConfig",
+    "PrimaryMetric",
+    "Durability",
+    "load_config",
+    "ENV_PREFIX",
+]
+
+ENV_PREFIX = "AFS_CONTINUOUS_"
+DEFAULT_HOME = "~/.afs/continuous"
+_VALIDATING: contextvars.ContextVar[bool] = contextvars.ContextVar("afs_config_validating", default=False)
+
+
+class PrimaryMetric(str, Enum):
+    """The metric an experiment is decided on."""
+
+    QUALITY_SCORE = "quality_score"
+    """Mean ``quality_score`` of the records each arm served (records without a score are ignored)."""
+    POSITIVE_FEEDBACK_RATE = "positive_feedback_rate"
+    """Share of rated records whose latest feedback is +1."""
+
+
+class Durability(str, Enum):
+    """How ``log_usage`` persists records."""
+
+    ASYNC = "async"
+    """Hand the record to a background writer (microseconds in the caller); committed in batches."""
+    SYNC = "sync"
+    """Commit each record in the caller's thread before returning."""
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "<root>"
+
+
+def _suggest(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """Return " (did you mean 'x'?)" for an unknown key at ``loc``, if a close match exists."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
+            annotation = current.model_fields[str(part)].annotation
+            candidates = [annotation, *getattr(annotation, "__args__", ())]
+            current = next(
+                (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+            )
+        else:
+            return ""
+    if not (isinstance(current, type) and issubclass(current, BaseModel)):
+        return ""
+    matches = difflib.get_close_matches(str(loc[-1]), list(current.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {matches[0]!r}?)" if matches else ""
+
+
+def _config_error(model: type[BaseModel], exc: ValidationError) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err.get("loc", ()))
+        if err.get("type") == "extra_forbidden":
+            lines.append(f"{_format_loc(loc)}: unknown key{_suggest(model, loc)}")
+        else:
+            value = err.get("input")
+            shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+            lines.append(f"{_format_loc(loc)}: {err.get('msg')}{shown}")
+    return ConfigError("invalid configuration: " + "; ".join(lines))
+
+
+class _Config(BaseModel):
+    """Base of every configuration class: strict keys, validated assignment, ConfigError."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+
+    def __init__(self, **data: Any) -> None:
+        # pydantic calls a custom __init__ for nested models too; only the
+        # outermost call converts the ValidationError, so the key path is whole.
+        token = _VALIDATING.set(True)
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            if token.old_value is True:
+                raise
+            raise _config_error(type(self), exc) from None
+        finally:
+            _VALIDATING.reset(token)
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        token = _VALIDATING.set(True)
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            if token.old_value is True:
+                raise
+            raise _config_error(cls, exc) from None
+        finally:
+            _VALIDATING.reset(token)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise _config_error(type(self), exc) from None
+
+
+class TriggerConfig(_Config):
+    """When the daemon retrains. Set a trigger's threshold to ``None`` to disable it."""
+
+    min_new_samples: int | None = Field(
+        1000, ge=1, description="Sample-count trigger: eligible training samples (same filters as the generator) since the last successful retrain."
+    )
+    schedule_interval_hours: float | None = Field(
+        168.0, gt=0, description="Schedule trigger: hours since the last training run (or since the loop first started)."
+    )
+    quality_drop_threshold: float | None = Field(
+        0.10, gt=0, lt=1, description="Quality-drop trigger: fractional drop of the recent mean quality below the baseline mean (0.10 = 10%)."
+    )
+    quality_window_hours: float = Field(24.0, gt=0, description="Length of the recent window for the quality-drop trigger, hours.")
+    quality_baseline_hours: float = Field(
+        168.0, gt=0, description="Length of the baseline window that ends where the recent window starts, hours."
+    )
+    min_quality_samples: int = Field(
+        100, ge=1, description="Minimum scored records in each window before the quality-drop trigger may fire."
+    )
+    cooldown_hours: float = Field(24.0, ge=0, description="Minimum hours between two training runs (survives restarts).")
+
+
+class DataGeneratorConfig(_Config):
+    """How a training set is built from the logged traffic."""
+
+    min_quality_score: float | None = Field(0.7, ge=0, le=1, description="Keep records with quality_score >= this (None: no quality filter).")
+    min_user_feedback: int | None = Field(
+        1, ge=-1, le=1, description="Keep records whose latest feedback is >= this (1 = positive only; None: no feedback filter)."
+    )
+    include_unrated: bool = Field(False, description="Also keep records that have no feedback at all (only when min_user_feedback is set).")
+    deduplicate: bool = Field(True, description="Drop exact duplicates after normalising whitespace and case.")
+    include_existing_data: bool = Field(True, description="Mix in samples from the rehearsal buffer against forgetting.")
+    existing_data_path: str | None = Field(
+        None, description="Rehearsal buffer, JSONL (chat or alpaca format). Default: <data_dir>/rehearsal_buffer.jsonl."
+    )
+    rehearsal_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Target share of the final training set drawn from the rehearsal buffer (0.2 = 20%)."
+    )
+    rehearsal_buffer_size: int = Field(10_000, ge=1, description="Maximum samples kept in the rehearsal buffer (reservoir-sampled).")
+    min_samples: int = Field(10, ge=1, description="A run with fewer new samples than this is skipped; train_fn is never called.")
+    max_samples: int | None = Field(None, ge=1, description="Cap on new samples per training set (highest quality first).")
+    system_prompt: str | None = Field(None, description="Optional system message prepended to every exported conversation.")
+    seed: int = Field(0, description="Seed for rehearsal sampling (reproducible training sets).")
+
+
+class ABTestConfig(_Config):
+    """How a challenger is tested against the champion and when it is promoted.
+
+    The decision rule: promote only when the challenger's relative lift on the
+    primary metric is at least ``promotion_threshold`` *and* significantly
+    greater than zero (always-valid sequential test at ``alpha``), the
+    experiment has run ``min_duration_hours`` and each arm has
+    ``min_samples_per_arm`` samples, and there is no sample-ratio mismatch.
+    """
+
+    initial_challenger_traffic: float = Field(0.1, gt=0, lt=1, description="Traffic fraction routed to the challenger (0.1 = 10%).")
+    promotion_threshold: float = Field(0.05, ge=0, description="Minimum relative lift on the primary metric to promote (0.05 = +5%).")
+    min_duration_hours: float = Field(48.0, ge=0, description="Minimum experiment duration before promotion, hours.")
+    max_duration_hours: float | None = Field(
+        336.0, gt=0, description="An experiment still undecided after this many hours is stopped; the champion stays."
+    )
+    min_samples_per_arm: int = Field(200, ge=2, description="Minimum samples of the primary metric in each arm before any decision.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the promotion test (two-sided).")
+    primary_metric: PrimaryMetric = Field(PrimaryMetric.QUALITY_SCORE, description="Metric the promotion is decided on.")
+    sequential: bool = Field(True, description="Use the always-valid sequential test (safe under hourly looks).")
+    sequential_n_star: int = Field(5000, ge=1, description="Tuning constant N* of the confidence sequence: total samples at which a decision is expected.")
+    strict: bool = Field(False, description="Require the lower confidence bound of the lift itself to clear promotion_threshold.")
+    stop_on_regression: bool = Field(True, description="Retire a challenger that is significantly worse without waiting for min_duration_hours.")
+    srm_threshold: float = Field(0.001, gt=0, lt=1, description="p-value below which the arm split is flagged as a sample-ratio mismatch.")
+
+
+class LoggerConfig(_Config):
+    """How usage records and feedback reach the store."""
+
+    durability: Durability = Field(Durability.ASYNC, description="'async' (background batched writer) or 'sync' (commit per call).")
+    flush_interval_s: float = Field(
+        0.5, gt=0, description="Longest a record waits in memory before its batch is committed, seconds (the loss bound on a hard kill)."
+    )
+    batch_size: int = Field(500, ge=1, description="Maximum records per write transaction.")
+    queue_size: int = Field(100_000, ge=1, description="Bound of the in-memory queue; when full the caller blocks up to enqueue_timeout_s.")
+    enqueue_timeout_s: float = Field(5.0, ge=0, description="How long log_usage blocks on a full queue before counting the record as dropped, seconds.")
+    max_text_chars: int = Field(
+        200_000, ge=1, description="Longer queries/responses are stored truncated (flagged, original length kept) and never used for training."
+    )
+
+
+class TrainingConfig(_Config):
+    """Training function used by the daemon when none is passed on the command line."""
+
+    train_fn: str | None = Field(None, description="Import path 'module:function' of a train_fn(data_path) -> dict.")
+    lora: dict[str, Any] | None = Field(
+        None, description="Settings of the reference LoRA trainer (afs_continuous.training.lora.LoRATrainingConfig)."
+    )
+    timeout_s: float | None = Field(None, gt=0, description="Seconds after which a hanging train_fn is reported as failed.")
+
+
+class LoopConfig(_Config):
+    """Configuration of :class:`~afs_continuous.loop.ContinuousLearningLoop`.
+
+    Keys in ``config.json`` are exactly these field names (nested objects for
+    the sections). Paths may start with ``~``.
+    """
+
+    db_path: str = Field(f"{DEFAULT_HOME}/usage.db", description="SQLite store file (used when database_url is not set).")
+    database_url: str | None = Field(None, description="SQLAlchemy URL of the store; overrides db_path (e.g. sqlite:////var/lib/afs/usage.db).")
+    data_dir: str = Field(DEFAULT_HOME, description="Directory for training sets and the default rehearsal buffer.")
+    check_interval_seconds: float = Field(3600.0, gt=0, description="Seconds between two daemon iterations.")
+    enable_ab_testing: bool = Field(True, description="False: a newly trained model becomes champion at once, without an experiment.")
+    champion_model: str = Field("base", min_length=1, description="Name of the initial champion registered in an empty store.")
+    champion_model_path: str | None = Field(None, description="Path of the initial champion's weights, recorded in the registry.")
+    keep_training_data: bool = Field(False, description="Keep each run's training JSONL after a successful run (deleted by default).")
+    route_cache_s: float = Field(5.0, ge=0, description="How long route() caches the active experiment, seconds.")
+    trigger_config: TriggerConfig = Field(default_factory=TriggerConfig)
+    generator_config: DataGeneratorConfig = Field(default_factory=DataGeneratorConfig)
+    ab_test_config: ABTestConfig = Field(default_factory=ABTestConfig)
+    logger_config: LoggerConfig = Field(default_factory=LoggerConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @model_validator(mode="after")
+    def _check_paths(self) -> "LoopConfig":
+        if self.database_url is not None and "://" not in self.database_url:
+            raise ValueError(f"database_url must be a SQLAlchemy URL like sqlite:///path, got {self.database_url!r}")
+        return self
+
+    @property
+    def store_url(self) -> str:
+        """The SQLAlchemy URL of the store (``database_url`` or ``sqlite:///<db_path>``)."""
+        if self.database_url is not None:
+            return self.database_url
+        return "sqlite:///" + str(Path(self.db_path).expanduser())
+
+    @property
+    def data_path(self) -> Path:
+        """``data_dir`` with ``~`` expanded."""
+        return Path(self.data_dir).expanduser()
+
+    def to_json(self) -> str:
+        """Serialise to the JSON accepted by :func:`load_config`."""
+        return self.model_dump_json(indent=2)
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name in {ENV_PREFIX + "CONFIG", ENV_PREFIX + "TRAIN_FN"}:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
+        if not path:
+            continue
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = overrides
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {name}: conflicting key path")
+        node[path[-1]] = value
+    return overrides
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> LoopConfig:
+    """Load a :class:`LoopConfig` from a JSON file, the environment and overrides.
+
+    Args:
+        path: JSON file with the keys of :class:`LoopConfig` (see
+            ``config.example.json``). ``None`` starts from the defaults.
+        env: Environment to read ``AFS_CONTINUOUS_*`` overrides from
+            (default ``os.environ``; pass ``{}`` to ignore the environment).
+        overrides: Nested mapping applied last (highest precedence).
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: The file is missing or not valid JSON, or a key is
+            unknown, mistyped or out of range (the message names the key path).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path).expanduser()
+        try:
+            text = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {file}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc}") from None
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{file}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: the top level must be a JSON object, got {type(loaded).__name__}")
+        data = loaded
+    data = _deep_merge(data, _env_overrides(os.environ if env is None else env))
+    if overrides:
+        data = _deep_merge(data, overrides)
+    return LoopConfig.model_validate(data)
+

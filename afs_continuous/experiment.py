@@ -1,0 +1,350 @@
+"""Champion/challenger experiments: sticky assignment, routing and evaluation.
+
+Assignment is a pure function of (experiment seed, unit id): the unit id is
+hashed with the seed into a bucket in [0, 1) and the challenger takes the
+half-open range [0, traffic_fraction) (the approach of GrowthBook's SDKs). The
+same unit id therefore always gets the same arm within one experiment, and a
+new experiment (new seed) reshuffles units.
+
+Evaluation reads per-arm sums from the records each arm served (records logged
+with ``model=<version name>`` since the experiment started) and applies the
+decision rule of :class:`~afs_continuous.config.ABTestConfig` with the
+statistics of :mod:`afs_continuous.stats`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
+
+from ._queries import arm_aggregates
+from .clock import Clock, utc_now
+from .config import ABTestConfig, PrimaryMetric
+from .store import ExperimentRow, Store, dumps
+
+__all__ = [
+    "Arm",
+    "Decision",
+    "Evaluation",
+    "ExperimentInfo",
+    "ExperimentManager",
+    "assign_arm",
+    "bucket",
+]
+
+E = ExperimentRow.__table__  # type: ignore[attr-defined]
+
+
+class Arm(str, Enum):
+    """The two arms of an experiment."""
+
+    CHAMPION = "champion"
+    CHALLENGER = "challenger"
+
+
+class Decision(str, Enum):
+    """Outcome of one evaluation of a running experiment."""
+
+    PROMOTE = "promote"
+    CONTINUE = "continue"
+    STOP = "stop"
+    INVALID = "invalid"
+
+
+def bucket(seed: str, unit_id: str) -> float:
+    """Map (seed, unit id) to a uniform number in [0, 1): first 8 bytes of SHA-256, big-endian.
+
+    >>> bucket("exp-1", "user-42") == bucket("exp-1", "user-42")
+    True
+    >>> 0.0 <= bucket("exp-1", "user-42") < 1.0
+    True
+    """
+    digest = hashlib.sha256(f"{seed}:{unit_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def assign_arm(seed: str, unit_id: str, traffic_fraction: float) -> Arm:
+    """The arm of ``unit_id``: challenger when its bucket is in [0, traffic_fraction).
+
+    Args:
+        seed: The experiment's seed.
+        unit_id: User, session or conversation id.
+        traffic_fraction: Challenger share of traffic, 0..1 (not percent).
+
+    Raises:
+        ValueError: ``traffic_fraction`` outside [0, 1].
+    """
+    if not 0.0 <= traffic_fraction <= 1.0:
+        raise ValueError(f"traffic_fraction must be in [0, 1] (a fraction, not percent), got {traffic_fraction!r}")
+    return Arm.CHALLENGER if bucket(seed, unit_id) < traffic_fraction else Arm.CHAMPION
+
+
+@dataclass(frozen=True)
+class ExperimentInfo:
+    """A champion/challenger experiment (snapshot of its row)."""
+
+    id: int
+    champion: str
+    challenger: str
+    traffic_fraction: float
+    seed: str
+    status: str
+    started_at: datetime
+    ended_at: datetime | None
+    decision: str | None
+    last_evaluation: dict[str, Any] | None
+    min_p_value: float | None
+    n_looks: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "champion": self.champion, "challenger": self.challenger,
+            "traffic_fraction": self.traffic_fraction, "status": self.status,
+            "started_at": self.started_at.isoformat(),
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+            "decision": self.decision, "min_p_value": self.min_p_value, "n_looks": self.n_looks,
+            "last_evaluation": self.last_evaluation,
+        }
+
+
+def _to_info(row: Any) -> ExperimentInfo:
+    m = row._mapping
+    return ExperimentInfo(
+        id=m["id"], champion=m["champion"], challenger=m["challenger"], traffic_fraction=m["traffic_fraction"],
+        seed=m["seed"], status=m["status"], started_at=m["started_at"], ended_at=m["ended_at"],
+        decision=m["decision"], last_evaluation=json.loads(m["last_evaluation_json"]) if m["last_evaluation_json"] else None,
+        min_p_value=m["min_p_value"], n_looks=m["n_looks"],
+    )
+
+
+@dataclass
+class Evaluation:
+    """The result of evaluating a running experiment once.
+
+    Attributes:
+        decision: promote, continue, stop or invalid.
+        reasons: Human-readable reasons, one per rule that decided or blocked.
+        metric: The primary metric's name.
+        champion / challenger: Per-arm figures (n, mean, variance, n_served, ...).
+        comparison: The statistical comparison (lift, ci_low, ci_high, p_value,
+            significant, ...) or None before the minimum sample size.
+        srm: The sample-ratio-mismatch check.
+        elapsed_hours: Experiment age at this look.
+    """
+
+    experiment_id: int
+    decision: Decision
+    reasons: list[str]
+    metric: str
+    evaluated_at: datetime
+    elapsed_hours: float
+    champion: dict[str, Any]
+    challenger: dict[str, Any]
+    comparison: dict[str, Any] | None = None
+    srm: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lift(self) -> float | None:
+        return None if self.comparison is None else self.comparison["lift"]
+
+    @property
+    def p_value(self) -> float | None:
+        return None if self.comparison is None else self.comparison["p_value"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "experiment_id": self.experiment_id, "decision": self.decision.value, "reasons": self.reasons,
+            "metric": self.metric, "evaluated_at": self.evaluated_at.isoformat(),
+            "elapsed_hours": round(self.elapsed_hours, 3), "champion": self.champion, "challenger": self.challenger,
+            "comparison": self.comparison, "srm": self.srm, **self.extra,
+        }
+
+
+def _arm_summary(agg: dict[str, Any], metric: PrimaryMetric) -> Any:
+    from . import stats
+    if metric == PrimaryMetric.QUALITY_SCORE:
+        if agg["n_scored"] < 2:
+            return None
+        return stats.ArmSummary.from_sums(agg["n_scored"], agg["sum_quality"], agg["sum_quality_sq"])
+    if agg["n_rated"] < 2:
+        return None
+    return stats.ArmSummary.from_proportion(agg["n_rated"], agg["n_positive"])
+
+
+def _arm_figures(name: str, agg: dict[str, Any], summary: Any) -> dict[str, Any]:
+    return {
+        "model": name,
+        "n_served": agg["n_served"],
+        "n": summary.n if summary else 0,
+        "mean": summary.mean if summary else None,
+        "variance": summary.variance if summary else None,
+        "positive_rate": (agg["n_positive"] / agg["n_rated"]) if agg["n_rated"] else None,
+        "negative_rate": (agg["n_negative"] / agg["n_rated"]) if agg["n_rated"] else None,
+        "avg_latency_ms": (agg["sum_latency_ms"] / agg["n_latency"]) if agg["n_latency"] else None,
+    }
+
+
+class ExperimentManager:
+    """Starts, routes, evaluates and concludes champion/challenger experiments.
+
+    Args:
+        store: The store.
+        config: Experiment settings.
+        clock: Callable returning the current UTC datetime.
+    """
+
+    def __init__(self, store: Store, config: ABTestConfig, *, clock: Clock = utc_now) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self._rng = random.Random()
+
+    def start(self, champion: str, challenger: str, *, traffic_fraction: float | None = None,
+              conn: Connection | None = None) -> ExperimentInfo:
+        """Start an experiment; any running experiment is ended first (decision ``stop``)."""
+        if conn is None:
+            with self.store.write() as c:
+                return self.start(champion, challenger, traffic_fraction=traffic_fraction, conn=c)
+        fraction = self.config.initial_challenger_traffic if traffic_fraction is None else traffic_fraction
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"traffic_fraction must be in (0, 1), got {fraction!r}")
+        now = self.clock()
+        conn.execute(update(E).where(E.c.status == "running").values(status="ended", ended_at=now, decision="stop"))
+        result = conn.execute(E.insert().values(
+            champion=champion, challenger=challenger, traffic_fraction=fraction, seed=secrets.token_hex(8),
+            status="running", started_at=now, n_looks=0,
+        ))
+        return self.get(int(result.inserted_primary_key[0]), conn=conn)
+
+    def get(self, experiment_id: int, *, conn: Connection | None = None) -> ExperimentInfo:
+        stmt = select(E).where(E.c.id == experiment_id)
+        if conn is not None:
+            return _to_info(conn.execute(stmt).one())
+        with self.store.read() as c:
+            return _to_info(c.execute(stmt).one())
+
+    def active(self, *, conn: Connection | None = None) -> ExperimentInfo | None:
+        """The running experiment, or None."""
+        stmt = select(E).where(E.c.status == "running").order_by(E.c.id.desc()).limit(1)
+        if conn is not None:
+            row = conn.execute(stmt).first()
+        else:
+            with self.store.read() as c:
+                row = c.execute(stmt).first()
+        return _to_info(row) if row is not None else None
+
+    def history(self, limit: int = 20) -> list[ExperimentInfo]:
+        """The most recent experiments, newest first."""
+        with self.store.read() as c:
+            return [_to_info(r) for r in c.execute(select(E).order_by(E.c.id.desc()).limit(limit))]
+
+    def assign(self, exp: ExperimentInfo, unit_id: str | None = None) -> Arm:
+        """The arm of ``unit_id`` in ``exp`` (sticky); ``None`` draws at random."""
+        if unit_id is None:
+            return Arm.CHALLENGER if self._rng.random() < exp.traffic_fraction else Arm.CHAMPION
+        return assign_arm(exp.seed, str(unit_id), exp.traffic_fraction)
+
+    def evaluate(self, exp: ExperimentInfo, *, now: datetime | None = None, record: bool = True) -> Evaluation:
+        """Evaluate ``exp`` once with the decision rule of the configuration.
+
+        Promote only when the challenger's relative lift on the primary metric
+        is at least ``promotion_threshold`` and significantly greater than zero
+        (always-valid sequential test unless ``sequential=False``), the
+        experiment is at least ``min_duration_hours`` old, each arm has
+        ``min_samples_per_arm`` samples, and there is no sample-ratio mismatch.
+        Stop early when the challenger is significantly worse; stop when
+        ``max_duration_hours`` pass undecided.
+
+        Args:
+            exp: The running experiment.
+            now: Evaluation time (default: the clock).
+            record: Store the evaluation on the experiment row (and the running minimum p-value).
+        """
+        from . import stats  # scipy: imported on first evaluation, not with the package
+
+        cfg = self.config
+        now = self.clock() if now is None else now
+        metric = cfg.primary_metric
+        with self.store.read() as conn:
+            a = arm_aggregates(conn, exp.champion, exp.started_at, now)
+            b = arm_aggregates(conn, exp.challenger, exp.started_at, now)
+        sa, sb = _arm_summary(a, metric), _arm_summary(b, metric)
+        elapsed_h = max(0.0, (now - exp.started_at).total_seconds() / 3600.0)
+        ev = Evaluation(
+            experiment_id=exp.id, decision=Decision.CONTINUE, reasons=[], metric=metric.value, evaluated_at=now,
+            elapsed_hours=elapsed_h, champion=_arm_figures(exp.champion, a, sa), challenger=_arm_figures(exp.challenger, b, sb),
+        )
+        srm = stats.srm_test([a["n_served"], b["n_served"]], [1.0 - exp.traffic_fraction, exp.traffic_fraction],
+                             threshold=cfg.srm_threshold)
+        ev.srm = {"chi2": srm.chi2, "p_value": srm.p_value, "mismatch": srm.mismatch, "decided": srm.decided,
+                  "observed": list(srm.observed), "expected": [round(x, 3) for x in srm.expected]}
+        n_min = min(sa.n if sa else 0, sb.n if sb else 0)
+        if sa is not None and sb is not None and sa.mean > 0:
+            cmp = stats.compare(sa, sb, alpha=cfg.alpha, min_lift=cfg.promotion_threshold, sequential=cfg.sequential,
+                                n_star=cfg.sequential_n_star, strict=cfg.strict)
+            ev.comparison = cmp.to_dict()
+        else:
+            cmp = None
+
+        if srm.mismatch:
+            ev.decision = Decision.INVALID
+            ev.reasons.append(
+                f"sample-ratio mismatch: served {a['n_served']}/{b['n_served']} vs configured "
+                f"{1 - exp.traffic_fraction:.0%}/{exp.traffic_fraction:.0%} (chi2 {srm.chi2:.1f}, p {srm.p_value:.2g} < "
+                f"{cfg.srm_threshold}); promotion blocked until the routing is fixed"
+            )
+        elif n_min < cfg.min_samples_per_arm:
+            ev.reasons.append(f"not enough samples: {n_min} in the smaller arm, need {cfg.min_samples_per_arm} per arm")
+        elif cmp is None:
+            ev.reasons.append("champion mean is 0: relative lift undefined")
+        elif cmp.significant and cmp.lift < 0 and cfg.stop_on_regression:
+            ev.decision = Decision.STOP
+            ev.reasons.append(
+                f"challenger significantly worse: lift {cmp.lift:+.1%} (CI {cmp.ci_low:+.1%} to {cmp.ci_high:+.1%}, p {cmp.p_value:.3g})"
+            )
+        elif elapsed_h < cfg.min_duration_hours:
+            ev.reasons.append(f"minimum duration not reached: {elapsed_h:.1f} h of {cfg.min_duration_hours:g} h")
+        elif cmp.promotable_lift:
+            ev.decision = Decision.PROMOTE
+            ev.reasons.append(
+                f"lift {cmp.lift:+.1%} >= {cfg.promotion_threshold:.0%} and significant "
+                f"(CI {cmp.ci_low:+.1%} to {cmp.ci_high:+.1%}, p {cmp.p_value:.3g} < {cfg.alpha})"
+            )
+        else:
+            if not cmp.significant:
+                ev.reasons.append(f"not significant: p {cmp.p_value:.3g} >= {cfg.alpha} (lift {cmp.lift:+.1%})")
+            elif cmp.lift < cfg.promotion_threshold:
+                ev.reasons.append(f"lift {cmp.lift:+.1%} below the promotion threshold {cfg.promotion_threshold:.0%}")
+            else:
+                ev.reasons.append(f"lower bound {cmp.ci_low:+.1%} below the promotion threshold {cfg.promotion_threshold:.0%} (strict)")
+        if ev.decision == Decision.CONTINUE and cfg.max_duration_hours is not None and elapsed_h >= cfg.max_duration_hours:
+            ev.decision = Decision.STOP
+            ev.reasons.append(f"maximum duration reached undecided ({elapsed_h:.1f} h >= {cfg.max_duration_hours:g} h); champion stays")
+        if record:
+            self._record(exp, ev)
+        return ev
+
+    def _record(self, exp: ExperimentInfo, ev: Evaluation) -> None:
+        p = ev.p_value
+        min_p = exp.min_p_value
+        if p is not None:
+            min_p = p if min_p is None else min(min_p, p)
+        ev.extra["min_p_value"] = min_p
+        with self.store.write() as conn:
+            conn.execute(update(E).where(E.c.id == exp.id).values(
+                last_evaluation_json=dumps(ev.to_dict()), min_p_value=min_p, n_looks=E.c.n_looks + 1,
+            ))
+
+    def conclude(self, exp: ExperimentInfo, decision: Decision, *, conn: Connection) -> None:
+        """Mark ``exp`` ended with ``decision``."""
+        conn.execute(update(E).where(E.c.id == exp.id).values(status="ended", ended_at=self.clock(), decision=decision.value))

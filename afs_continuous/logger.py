@@ -1,0 +1,479 @@
+"""UsageLogger: the hot path that records model calls and feedback.
+
+``log()`` validates its arguments, builds the record (id generated here,
+timestamp from the clock) and, in the default ``async`` durability, hands it to
+a bounded in-memory queue; one background writer thread per process drains the
+queue and commits batches in single transactions. The record id is returned at
+once, before the record is on disk.
+
+Durability bound (async): a record whose ``log()`` returned is committed within
+``flush_interval_s`` while the store keeps up; ``flush()``, ``close()``,
+interpreter exit (``atexit``) and leaving a ``with`` block commit everything
+handed over so far. Only a hard kill (``kill -9``, power loss) can lose records,
+and only those handed over in the last ``flush_interval_s``. With
+``durability="sync"`` every call commits before it returns.
+
+Feedback is stored as append-only events (the latest event per record wins), so
+feedback that arrives before its record is committed, from another process, or
+twice, is never lost.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import queue
+import threading
+import time
+import uuid
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Mapping
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import OperationalError
+
+from ._text import clean_text, content_hash
+from .clock import Clock, utc_now
+from .config import Durability, LoggerConfig
+from .errors import StoreError
+from .store import FeedbackEvent, Store, UsageRecord, dumps
+
+__all__ = ["UsageLogger", "validate_feedback", "validate_quality", "validate_latency"]
+
+log = logging.getLogger("afs_continuous")
+
+_USAGE = UsageRecord.__table__  # type: ignore[attr-defined]
+_FEEDBACK = FeedbackEvent.__table__  # type: ignore[attr-defined]
+_RECENT_IDS = 65_536
+_MAX_RETRIES = 8
+
+
+def validate_feedback(feedback: Any) -> int:
+    """Return ``feedback`` as an int in {-1, 0, 1}.
+
+    Raises:
+        ValueError: ``feedback`` is not exactly -1, 0 or 1 (booleans, strings,
+            None and floats such as 0.5 are rejected).
+    """
+    if isinstance(feedback, bool) or not isinstance(feedback, int) or feedback not in (-1, 0, 1):
+        raise ValueError(f"feedback must be -1, 0 or 1 (int), got {feedback!r}")
+    return int(feedback)
+
+
+def validate_quality(quality_score: Any) -> float | None:
+    """Return ``quality_score`` as a float in [0, 1], or None.
+
+    Raises:
+        ValueError: not a real number, NaN, infinite, or outside [0, 1].
+    """
+    if quality_score is None:
+        return None
+    if isinstance(quality_score, bool) or not isinstance(quality_score, (int, float)):
+        raise ValueError(f"quality_score must be a number in [0, 1] or None, got {quality_score!r}")
+    value = float(quality_score)
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"quality_score must be a finite number in [0, 1], got {quality_score!r}")
+    return value
+
+
+def validate_latency(latency_ms: Any) -> float | None:
+    """Return ``latency_ms`` (milliseconds) as a finite float >= 0, or None.
+
+    Raises:
+        ValueError: not a real number, NaN, infinite or negative.
+    """
+    if latency_ms is None:
+        return None
+    if isinstance(latency_ms, bool) or not isinstance(latency_ms, (int, float)):
+        raise ValueError(f"latency_ms must be a number of milliseconds or None, got {latency_ms!r}")
+    value = float(latency_ms)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"latency_ms must be a finite number >= 0 (milliseconds), got {latency_ms!r}")
+    return value
+
+
+def _as_text(value: Any, name: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="replace")
+    raise ValueError(f"{name} must be str (or UTF-8 bytes), got {type(value).__name__}")
+
+
+@dataclass
+class _Flush:
+    """Marker put in the queue; set once everything before it is committed."""
+
+    done: threading.Event
+
+
+class UsageLogger:
+    """Records model calls and user feedback in the store.
+
+    Args:
+        db_path: SQLite file path (``~`` expanded, directories created), a
+            SQLAlchemy URL, or an open :class:`~afs_continuous.store.Store`.
+        config: Writer settings; see :class:`~afs_continuous.config.LoggerConfig`.
+        clock: Callable returning the current timezone-aware UTC datetime.
+        durability: Shortcut overriding ``config.durability`` (``"async"`` or ``"sync"``).
+
+    Raises:
+        StoreError: The store cannot be opened (the message names the path).
+
+    Example:
+        >>> import tempfile, os
+        >>> logger = UsageLogger(os.path.join(tempfile.mkdtemp(), "usage.db"))
+        >>> rid = logger.log("What is 65816 assembly?", "The SNES CPU...", "nayru-v1", quality_score=0.85)
+        >>> logger.record_feedback(rid, feedback=1)
+        True
+        >>> logger.get_statistics()["total"]
+        1
+        >>> logger.close()
+    """
+
+    def __init__(
+        self,
+        db_path: str | os.PathLike[str] | Store,
+        *,
+        config: LoggerConfig | None = None,
+        clock: Clock = utc_now,
+        durability: str | Durability | None = None,
+    ) -> None:
+        self.store = db_path if isinstance(db_path, Store) else Store(str(db_path))
+        self.config = config if config is not None else LoggerConfig()
+        if durability is not None:
+            self.config = self.config.model_copy(update={"durability": Durability(durability)})
+        self.clock = clock
+        self._sync = self.config.durability == Durability.SYNC
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._closed = False
+        self.n_logged = 0
+        self.n_feedback = 0
+        self.n_committed = 0
+        self.n_dropped = 0
+        self.n_write_errors = 0
+        self.last_error: str | None = None
+        self._last_drop_log = 0.0
+        self._init_writer()
+        ref = weakref.ref(self)
+        atexit.register(_close_at_exit, ref)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=lambda: _reset_after_fork(ref))
+
+    # ---- public API -----------------------------------------------------------------
+
+    def log(
+        self,
+        query: str,
+        response: str,
+        model: str,
+        *,
+        latency_ms: float | None = None,
+        quality_score: float | None = None,
+        unit_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Record one model call.
+
+        Args:
+            query: The user's prompt (str; UTF-8 bytes are decoded).
+            response: The model's answer.
+            model: Name of the model version that served the call (use
+                ``loop.route(...).name`` so the record counts for its arm).
+            latency_ms: End-to-end latency in milliseconds (>= 0), optional.
+            quality_score: Quality in [0, 1] (e.g. an automatic judge), optional.
+            unit_id: The unit the request was routed by (user or conversation id).
+            metadata: Extra JSON-serialisable fields stored with the record.
+
+        Returns:
+            The record id (32 hex characters), usable with :meth:`record_feedback`.
+
+        Raises:
+            ValueError: An argument is invalid (the message names it).
+            StoreError: The logger was closed, or (sync mode) the write failed.
+        """
+        query = _as_text(query, "query")
+        response = _as_text(response, "response")
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"model must be a non-empty str naming the model version, got {model!r}")
+        latency = validate_latency(latency_ms)
+        quality = validate_quality(quality_score)
+        meta = dumps(dict(metadata)) if metadata is not None else None
+        if self._closed:
+            raise StoreError("this UsageLogger is closed; create a new one")
+        record_id = uuid.uuid4().hex
+        row = (record_id, self.clock(), query, response, model, latency, quality,
+               None if unit_id is None else str(unit_id), meta)
+        recent = self._recent
+        recent[record_id] = None
+        if len(recent) > _RECENT_IDS:
+            recent.popitem(last=False)
+        self.n_logged += 1
+        if self._sync:
+            self._write([row], [])
+        else:
+            self._enqueue(row)
+        return record_id
+
+    def record_feedback(self, record_id: str, feedback: int = 1) -> bool:
+        """Record user feedback on a logged call (an append-only event; the latest wins).
+
+        Args:
+            record_id: Id returned by :meth:`log` (from any process).
+            feedback: 1 = good, -1 = bad, 0 = neutral.
+
+        Returns:
+            True if the record is known (logged by this logger or already in
+            the store); False if not (yet). The event is stored either way and
+            joins its record when that arrives.
+
+        Raises:
+            ValueError: ``feedback`` is not -1, 0 or 1, or ``record_id`` is not a str.
+        """
+        value = validate_feedback(feedback)
+        if not isinstance(record_id, str) or not record_id:
+            raise ValueError(f"record_id must be a non-empty str, got {record_id!r}")
+        if self._closed:
+            raise StoreError("this UsageLogger is closed; create a new one")
+        event = (record_id, value, self.clock())
+        self.n_feedback += 1
+        if self._sync:
+            self._write([], [event])
+        else:
+            self._enqueue(event)
+        if record_id in self._recent:
+            return True
+        with self.store.read() as conn:
+            return conn.execute(select(_USAGE.c.id).where(_USAGE.c.id == record_id)).first() is not None
+
+    def flush(self, timeout_s: float | None = 30.0) -> bool:
+        """Block until everything handed over so far is committed.
+
+        Args:
+            timeout_s: Longest wait in seconds (None: no limit).
+
+        Returns:
+            True if drained within the timeout, False otherwise (never raises).
+        """
+        if self._sync or self._closed:
+            return True
+        if self._thread is None or not self._thread.is_alive():
+            if self._queue.empty():
+                return True
+            self._start_writer()
+        marker = _Flush(threading.Event())
+        try:
+            self._queue.put(marker, timeout=timeout_s)
+        except queue.Full:
+            return False
+        return marker.done.wait(timeout_s)
+
+    def close(self, timeout_s: float | None = 30.0) -> bool:
+        """Flush and stop the writer. Idempotent.
+
+        Returns:
+            True if everything was committed within ``timeout_s``.
+        """
+        if self._closed:
+            return True
+        drained = self.flush(timeout_s)
+        self._closed = True
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._queue.put(None)
+            thread.join(timeout_s)
+        return drained
+
+    def __enter__(self) -> "UsageLogger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get_statistics(self) -> dict[str, Any]:
+        """Aggregate statistics over every record in the store (all processes).
+
+        Flushes this logger first, so its own records are counted.
+
+        Returns:
+            ``{"total", "with_feedback", "positive_feedback", "negative_feedback",
+            "feedback_rate" (fraction 0..1), "avg_quality_score" (None if no
+            scores), "n_scored", "avg_latency_ms", "by_model": {name: count},
+            "first_at", "last_at" (ISO 8601 or None), "writer": {...}}``.
+        """
+        self.flush()
+        from ._queries import usage_statistics
+
+        with self.store.read() as conn:
+            stats = usage_statistics(conn)
+        stats["writer"] = self.writer_stats()
+        return stats
+
+    def get_records(self, *, limit: int = 100, model: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
+        """Return the newest records (with their latest feedback), newest first."""
+        self.flush()
+        from ._queries import latest_feedback
+
+        stmt = select(_USAGE, latest_feedback())
+        if model is not None:
+            stmt = stmt.where(_USAGE.c.model == model)
+        if since is not None:
+            stmt = stmt.where(_USAGE.c.created_at >= since)
+        stmt = stmt.order_by(_USAGE.c.created_at.desc()).limit(limit)
+        with self.store.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt)]
+
+    def writer_stats(self) -> dict[str, Any]:
+        """Counters of this process's writer: logged, committed, dropped, errors, queue depth."""
+        return {
+            "durability": self.config.durability.value,
+            "n_logged": self.n_logged,
+            "n_feedback": self.n_feedback,
+            "n_committed": self.n_committed,
+            "n_dropped": self.n_dropped,
+            "n_write_errors": self.n_write_errors,
+            "queue_depth": 0 if self._sync else self._queue.qsize(),
+            "last_error": self.last_error,
+        }
+
+    # ---- writer -----------------------------------------------------------------------
+
+    def _init_writer(self) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.config.queue_size)
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def _start_writer(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="afs-continuous-writer", daemon=True)
+                self._thread.start()
+
+    def _enqueue(self, item: tuple[Any, ...]) -> None:
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self._start_writer()
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            try:
+                self._queue.put(item, timeout=self.config.enqueue_timeout_s)
+            except queue.Full:
+                self.n_dropped += 1
+                self._log_drop("queue full for %.1f s" % self.config.enqueue_timeout_s)
+
+    def _log_drop(self, why: str) -> None:
+        now = time.monotonic()
+        if now - self._last_drop_log >= 10.0:
+            self._last_drop_log = now
+            log.error("afs_continuous dropped records (%s); %d dropped so far", why, self.n_dropped)
+
+    def _run(self) -> None:
+        q = self._queue
+        batch_size = self.config.batch_size
+        interval = self.config.flush_interval_s
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            records: list[tuple[Any, ...]] = []
+            events: list[tuple[Any, ...]] = []
+            markers: list[_Flush] = []
+            stop = False
+            deadline = time.monotonic() + interval
+            while True:
+                if isinstance(item, _Flush):
+                    markers.append(item)
+                elif item is None:
+                    stop = True
+                    break
+                elif len(item) == 3:
+                    events.append(item)
+                else:
+                    records.append(item)
+                if len(records) + len(events) >= batch_size or time.monotonic() >= deadline:
+                    break
+                try:
+                    item = q.get_nowait()
+                except queue.Empty:
+                    break
+            if records or events:
+                self._write(records, events)
+            for marker in markers:
+                marker.done.set()
+            if stop:
+                return
+
+    def _write(self, records: list[tuple[Any, ...]], events: list[tuple[Any, ...]]) -> None:
+        """Commit one batch in one transaction, retrying transient errors with backoff."""
+        max_chars = self.config.max_text_chars
+        rows = [_record_row(r, max_chars) for r in records]
+        fb_rows = [{"record_id": e[0], "feedback": e[1], "created_at": e[2]} for e in events]
+        delay = 0.01
+        for attempt in range(_MAX_RETRIES):
+            try:
+                with self.store.write() as conn:
+                    if rows:
+                        conn.execute(insert(_USAGE), rows)
+                    if fb_rows:
+                        conn.execute(insert(_FEEDBACK), fb_rows)
+                self.n_committed += len(rows)
+                return
+            except OperationalError as exc:  # locked / busy / disk I/O: transient, retry
+                self.last_error = str(exc.orig if exc.orig is not None else exc)
+                if attempt == _MAX_RETRIES - 1:
+                    break
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except Exception as exc:  # noqa: BLE001 - the writer must never die
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                break
+        self.n_write_errors += 1
+        self.n_dropped += len(rows) + len(fb_rows)
+        self._log_drop(f"write failed: {self.last_error}")
+        if self._sync:
+            raise StoreError(f"could not write to the store {self.store.url}: {self.last_error}")
+
+
+def _record_row(r: tuple[Any, ...], max_chars: int) -> dict[str, Any]:
+    record_id, created_at, query, response, model, latency, quality, unit_id, meta = r
+    q_len, r_len = len(query), len(response)
+    truncated = q_len > max_chars or r_len > max_chars
+    if truncated:
+        query, response = query[:max_chars], response[:max_chars]
+    query, response = clean_text(query), clean_text(response)
+    return {
+        "id": record_id,
+        "created_at": created_at,
+        "query": query,
+        "response": response,
+        "model": model,
+        "latency_ms": latency,
+        "quality_score": quality,
+        "unit_id": unit_id,
+        "metadata_json": meta,
+        "content_hash": content_hash(query, response),
+        "truncated": truncated,
+        "query_chars": q_len,
+        "response_chars": r_len,
+    }
+
+
+def _close_at_exit(ref: "weakref.ref[UsageLogger]") -> None:
+    logger = ref()
+    if logger is not None:
+        logger.close(timeout_s=logger.config.flush_interval_s + 10.0)
+
+
+def _reset_after_fork(ref: "weakref.ref[UsageLogger]") -> None:
+    """In a forked child: fresh queue and writer; never reuse the parent's connections."""
+    logger = ref()
+    if logger is None:
+        return
+    logger.store.engine.dispose(close=False)
+    logger._init_writer()

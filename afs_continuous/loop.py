@@ -1,0 +1,471 @@
+"""ContinuousLearningLoop: the one object users embed and the daemon runs.
+
+Inference side (every worker process): :meth:`~ContinuousLearningLoop.route`
+picks the model version for a request, :meth:`~ContinuousLearningLoop.log_usage`
+and :meth:`~ContinuousLearningLoop.record_feedback` record traffic.
+
+Daemon side: :meth:`~ContinuousLearningLoop.run_iteration` (every
+``check_interval_seconds`` under :meth:`~ContinuousLearningLoop.run_loop`)
+evaluates the running experiment and acts on it, checks the triggers, and when
+one fires builds a training set, calls ``train_fn(data_path)``, registers the
+result and deploys it as challenger (or as champion when A/B testing is off).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from sqlalchemy import insert
+
+from .clock import Clock, utc_now
+from .config import LoopConfig
+from .experiment import Arm, Decision, Evaluation, ExperimentManager
+from .generator import GenerationResult, TrainingDataGenerator
+from .logger import UsageLogger
+from .registry import ModelRegistry, ModelVersion, VersionStatus
+from .runs import RunStatus, TrainingRunLog
+from .store import Store, TrainingSample
+from .triggers import TriggerChecker, TriggerResult, TriggerType
+
+__all__ = ["ContinuousLearningLoop", "TrainFn"]
+
+log = logging.getLogger("afs_continuous")
+
+TrainFn = Callable[[str], Mapping[str, Any]]
+_SAMPLES = TrainingSample.__table__  # type: ignore[attr-defined]
+
+
+class ContinuousLearningLoop:
+    """The continuous-learning loop over one store.
+
+    Args:
+        config: Loop configuration (default: :class:`LoopConfig` defaults, store
+            at ``~/.afs/continuous/usage.db``).
+        clock: Callable returning the current timezone-aware UTC datetime; used
+            for every timestamp, trigger and experiment duration.
+        train_fn: Default training function for :meth:`run_iteration` and
+            :meth:`run_loop`: ``train_fn(data_path) -> {"model_path": str, ...metrics}``.
+
+    Raises:
+        StoreError: The store cannot be opened.
+
+    Example:
+        >>> import tempfile, os
+        >>> d = tempfile.mkdtemp()
+        >>> loop = ContinuousLearningLoop(LoopConfig(db_path=os.path.join(d, "usage.db"), data_dir=d))
+        >>> version = loop.route(unit_id="user-1")
+        >>> rid = loop.log_usage("Hi", "Hello!", model=version.name, latency_ms=120.0, quality_score=0.9)
+        >>> loop.record_feedback(rid, feedback=1)
+        True
+        >>> loop.get_status_summary()["usage_stats"]["total"]
+        1
+        >>> loop.close()
+    """
+
+    def __init__(self, config: LoopConfig | None = None, *, clock: Clock = utc_now,
+                 train_fn: TrainFn | None = None) -> None:
+        self.config = config if config is not None else LoopConfig()
+        self.clock = clock
+        self.train_fn = train_fn
+        cfg = self.config
+        self.store = Store(cfg.store_url)
+        self.logger = UsageLogger(self.store, config=cfg.logger_config, clock=clock)
+        self.registry = ModelRegistry(self.store, clock=clock)
+        self.experiments = ExperimentManager(self.store, cfg.ab_test_config, clock=clock)
+        self.triggers = TriggerChecker(self.store, cfg.trigger_config, cfg.generator_config, clock=clock)
+        self.generator = TrainingDataGenerator(self.store, cfg.generator_config, cfg.data_path, clock=clock)
+        self.runs = TrainingRunLog(self.store, clock=clock)
+        self._stop = threading.Event()
+        self._route_cache: tuple[float, ModelVersion, ModelVersion | None, Any] | None = None
+        with self.store.write() as conn:
+            if self.store.get_state("first_start_at", conn=conn) is None:
+                self.store.set_state("first_start_at", clock(), conn=conn)
+        self.registry.ensure_champion(cfg.champion_model, cfg.champion_model_path)
+
+    # ---- inference side ------------------------------------------------------------------
+
+    def log_usage(self, query: str, response: str, model: str, *, latency_ms: float | None = None,
+                  quality_score: float | None = None, unit_id: str | None = None,
+                  metadata: Mapping[str, Any] | None = None) -> str:
+        """Record one model call; see :meth:`UsageLogger.log`. Returns the record id."""
+        return self.logger.log(query, response, model, latency_ms=latency_ms, quality_score=quality_score,
+                               unit_id=unit_id, metadata=metadata)
+
+    def record_feedback(self, record_id: str, feedback: int = 1) -> bool:
+        """Record feedback (1 good, -1 bad, 0 neutral); see :meth:`UsageLogger.record_feedback`.
+
+        Raises:
+            ValueError: ``feedback`` is not -1, 0 or 1.
+        """
+        return self.logger.record_feedback(record_id, feedback)
+
+    def route(self, unit_id: str | None = None) -> ModelVersion:
+        """The model version that serves this request.
+
+        The champion, or the challenger for its traffic fraction while an
+        experiment runs. The same ``unit_id`` always gets the same arm within
+        one experiment; ``None`` draws at random. Log the call with
+        ``model=version.name`` so it counts for its arm. The running
+        experiment is cached for ``route_cache_s`` seconds.
+
+        Args:
+            unit_id: Sticky assignment key (user or conversation id).
+
+        Returns:
+            The serving :class:`ModelVersion` (``.name``, ``.path``, ``.status``).
+        """
+        champion, challenger, exp = self._routing_snapshot()
+        if exp is None or challenger is None:
+            return champion
+        return challenger if self.experiments.assign(exp, unit_id) == Arm.CHALLENGER else champion
+
+    def _routing_snapshot(self) -> tuple[ModelVersion, ModelVersion | None, Any]:
+        """(champion, challenger, running experiment), cached for ``route_cache_s`` seconds."""
+        snap = self._route_cache
+        if snap is not None and time.monotonic() - snap[0] < self.config.route_cache_s:
+            return snap[1], snap[2], snap[3]
+        with self.store.read() as conn:
+            exp = self.experiments.active(conn=conn)
+            champion = self.registry.champion(conn=conn)
+            challenger = self.registry.get(exp.challenger, conn=conn) if exp is not None else None
+        if champion is None:
+            champion = self.registry.ensure_champion(self.config.champion_model, self.config.champion_model_path)
+        self._route_cache = (time.monotonic(), champion, challenger, exp)
+        return champion, challenger, exp
+
+    def _invalidate(self) -> None:
+        self._route_cache = None
+
+    # ---- daemon side ---------------------------------------------------------------------
+
+    def evaluate_experiment(self) -> Evaluation | None:
+        """Evaluate the running experiment without acting on it (None when none runs)."""
+        exp = self.experiments.active()
+        return None if exp is None else self.experiments.evaluate(exp, record=False)
+
+    def run_iteration(self, train_fn: TrainFn | None = None, *, manual: bool = False, no_train: bool = False,
+                      dry_run: bool = False) -> dict[str, Any]:
+        """One pass of the loop: act on the experiment, check triggers, retrain if needed.
+
+        Args:
+            train_fn: ``train_fn(data_path) -> {"model_path": str, ...metrics}``
+                (default: the one given to the constructor). Without one, a
+                triggered run prepares data only (status ``data_ready``).
+            manual: Retrain now regardless of triggers and cooldown (``--trigger``).
+            no_train: Prepare the training data and stop (status ``data_ready``).
+            dry_run: Train, but neither deploy nor promote; the report says ``dry_run``.
+
+        Returns:
+            ``{"timestamp", "retrain_triggered": bool, "trigger": {...},
+            "experiment": {...} | None, "retrain": {"status", "run_id", "counts",
+            "model_version", "error", ...}}`` (``retrain`` only when triggered).
+        """
+        self.logger.flush()
+        now = self.clock()
+        result: dict[str, Any] = {"timestamp": now.isoformat(), "retrain_triggered": False, "experiment": None}
+        exp = self.experiments.active()
+        if exp is not None:
+            evaluation = self.experiments.evaluate(exp, now=now)
+            result["experiment"] = evaluation.to_dict()
+            self._act_on(exp, evaluation)
+        running = self.experiments.active()
+        blocked = f"challenger {running.challenger!r} is still under test" if running is not None else None
+        trig = self.triggers.check(now=now, manual=manual, blocked_by=blocked)
+        result["trigger"] = trig.to_dict()
+        if trig.checks and any(c.trigger == TriggerType.SCHEDULE and c.fired for c in trig.checks) and trig.should_retrain:
+            self.store.set_state("last_schedule_at", now)
+        if not trig.should_retrain:
+            log.info("no retrain: %s", trig.reason)
+            return result
+        result["retrain_triggered"] = True
+        fn = train_fn if train_fn is not None else self.train_fn
+        result["retrain"] = self._retrain(trig, None if no_train else fn, dry_run=dry_run)
+        return result
+
+    def _act_on(self, exp: Any, ev: Evaluation) -> None:
+        if ev.decision == Decision.PROMOTE:
+            with self.store.write() as conn:
+                self.registry.promote(exp.challenger, reason="; ".join(ev.reasons), evidence=ev.to_dict(), conn=conn)
+                self.experiments.conclude(exp, Decision.PROMOTE, conn=conn)
+                self._set_run_outcome(exp.challenger, RunStatus.PROMOTED, conn)
+            log.info("promoted %s to champion: %s", exp.challenger, "; ".join(ev.reasons))
+        elif ev.decision == Decision.STOP:
+            with self.store.write() as conn:
+                self.registry.retire(exp.challenger, reason="; ".join(ev.reasons), evidence=ev.to_dict(), conn=conn)
+                self.experiments.conclude(exp, Decision.STOP, conn=conn)
+                self._set_run_outcome(exp.challenger, RunStatus.REJECTED, conn)
+            log.info("stopped experiment, retired %s: %s", exp.challenger, "; ".join(ev.reasons))
+        elif ev.decision == Decision.INVALID:
+            log.warning("experiment %d invalid: %s", exp.id, "; ".join(ev.reasons))
+        self._invalidate()
+
+    def _set_run_outcome(self, version: str, status: RunStatus, conn: Any) -> None:
+        run_id = self.runs.by_version(version, conn=conn)
+        if run_id is not None:
+            self.runs.update(run_id, status=status, conn=conn)
+
+    def _retrain(self, trig: TriggerResult, train_fn: TrainFn | None, *, dry_run: bool) -> dict[str, Any]:
+        trigger = trig.trigger.value if trig.trigger else "manual"
+        run_id = self.runs.create(trigger, trig.to_dict(), dry_run=dry_run)
+        report: dict[str, Any] = {"run_id": run_id, "trigger": trigger, "dry_run": dry_run}
+        watermark = self.triggers.state()["data_watermark"]
+        try:
+            gen = self.generator.generate(after=watermark, until=trig.checked_at, name=f"run-{run_id:05d}")
+        except Exception as exc:  # noqa: BLE001 - a broken run must not crash the daemon
+            return self._fail(run_id, report, f"data generation failed: {type(exc).__name__}: {exc}", exc)
+        report["counts"] = gen.counts
+        report["data_path"] = str(gen.output_path) if gen.output_path else None
+        self.runs.update(run_id, counts=gen.counts, data_path=report["data_path"], source_start=gen.source_start,
+                         source_end=gen.source_end)
+        log.info("run %d data: %s", run_id, _fmt_counts(gen.counts))
+        if gen.output_path is None:
+            reason = (f"only {gen.n_new} new samples after filtering, need at least "
+                      f"{self.config.generator_config.min_samples}; train_fn not called")
+            self.runs.update(run_id, status=RunStatus.SKIPPED, error=reason, finished=True)
+            return {**report, "status": RunStatus.SKIPPED.value, "reason": reason}
+        if train_fn is None:
+            if not trig.trigger == TriggerType.MANUAL:
+                self.store.set_state("last_training_at", trig.checked_at)
+            self.runs.update(run_id, status=RunStatus.DATA_READY, finished=True)
+            return {**report, "status": RunStatus.DATA_READY.value}
+        self.store.set_state("last_training_at", trig.checked_at)
+        self.runs.update(run_id, status=RunStatus.TRAINING)
+        try:
+            outcome = self._call_train_fn(train_fn, gen.output_path)
+            model_path = self._check_outcome(outcome)
+        except Exception as exc:  # noqa: BLE001 - reported as a failed run, the daemon keeps going
+            return self._fail(run_id, report, f"{type(exc).__name__}: {exc}", exc)
+        metrics = {k: v for k, v in outcome.items() if _jsonable(v)}
+        report["metrics"] = metrics
+        if dry_run:
+            self.runs.update(run_id, status=RunStatus.REJECTED, metrics=metrics, finished=True,
+                             error="dry run: trained and evaluated, not deployed")
+            return {**report, "status": "dry_run", "model_path": model_path}
+        return self._deploy(run_id, report, gen, model_path, metrics)
+
+    def _call_train_fn(self, train_fn: TrainFn, data_path: Path) -> Mapping[str, Any]:
+        timeout = self.config.training.timeout_s
+        if timeout is None:
+            return train_fn(str(data_path))
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["result"] = train_fn(str(data_path))
+            except BaseException as exc:  # noqa: BLE001
+                box["error"] = exc
+
+        worker = threading.Thread(target=target, name="afs-continuous-train", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            raise TimeoutError(f"train_fn did not return within {timeout:g} s (training.timeout_s)")
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    def _check_outcome(self, outcome: Any) -> str:
+        if not isinstance(outcome, Mapping):
+            raise ValueError(f"train_fn must return a dict with 'model_path', got {type(outcome).__name__}: {outcome!r}")
+        model_path = outcome.get("model_path")
+        if not isinstance(model_path, (str, os.PathLike)) or not str(model_path):
+            raise ValueError(f"train_fn result has no 'model_path' (keys: {sorted(outcome)})")
+        model_path = str(model_path)
+        if not Path(model_path).expanduser().exists():
+            raise ValueError(f"train_fn returned model_path {model_path!r}, which does not exist")
+        champion = self.registry.champion()
+        if champion is not None and champion.path and Path(champion.path).expanduser().resolve() == Path(model_path).expanduser().resolve():
+            raise ValueError(f"train_fn returned the champion's own path {model_path!r}; a new model must be saved elsewhere")
+        return model_path
+
+    def _fail(self, run_id: int, report: dict[str, Any], reason: str, exc: BaseException) -> dict[str, Any]:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        log.error("training run %d failed: %s", run_id, reason)
+        self.runs.update(run_id, status=RunStatus.FAILED, error=f"{reason}\n\n{tb}", finished=True)
+        return {**report, "status": RunStatus.FAILED.value, "error": reason}
+
+    def _deploy(self, run_id: int, report: dict[str, Any], gen: GenerationResult, model_path: str,
+                metrics: dict[str, Any]) -> dict[str, Any]:
+        champion = self.registry.champion()
+        name = f"{self.config.champion_model}-ft{run_id}"
+        ab = self.config.enable_ab_testing
+        with self.store.write() as conn:
+            status = VersionStatus.CHALLENGER if ab else VersionStatus.CHAMPION
+            self.registry.register(name, path=model_path, status=status, parent=champion.name if champion else None,
+                                   training_run_id=run_id, metrics=metrics,
+                                   reason=f"trained by run {run_id} ({report['trigger']})", conn=conn)
+            if ab:
+                exp = self.experiments.start(champion.name if champion else self.config.champion_model, name, conn=conn)
+                report["experiment_id"] = exp.id
+            if gen.record_ids:
+                conn.execute(insert(_SAMPLES), [
+                    {"record_id": rid, "run_id": run_id, "content_hash": h}
+                    for rid, h in zip(gen.record_ids, gen.content_hashes)
+                ])
+            self.store.set_state("data_watermark", gen.until, conn=conn)
+            run_status = RunStatus.DEPLOYED if ab else RunStatus.PROMOTED
+            self.runs.update(run_id, status=run_status, metrics=metrics, model_version=name, finished=True, conn=conn)
+        self._invalidate()
+        self._update_rehearsal(gen)
+        if gen.output_path is not None and not self.config.keep_training_data:
+            gen.output_path.unlink(missing_ok=True)
+        how = (f"challenger at {self.config.ab_test_config.initial_challenger_traffic:.0%} of traffic" if ab
+               else "champion (A/B testing disabled)")
+        log.info("run %d deployed %s as %s", run_id, name, how)
+        return {**report, "status": run_status.value, "model_version": name, "model_path": model_path}
+
+    def _update_rehearsal(self, gen: GenerationResult) -> None:
+        cfg = self.config.generator_config
+        if not gen.new_samples:
+            return
+        try:
+            n_seen = self.store.get_state("rehearsal_n_seen")
+            rng = random.Random(f"{cfg.seed}:{n_seen}")
+            n_seen = self.generator.rehearsal_buffer.add(gen.new_samples, n_seen=n_seen, rng=rng)
+            self.store.set_state("rehearsal_n_seen", n_seen)
+        except OSError as exc:
+            log.error("could not update the rehearsal buffer: %s", exc)
+
+    def run_loop(self, train_fn: TrainFn | None = None, max_iterations: int | None = None) -> int:
+        """Run :meth:`run_iteration` every ``check_interval_seconds`` until :meth:`stop`.
+
+        An iteration that raises is logged and the loop goes on. The wait
+        between iterations ends early when :meth:`stop` is called.
+
+        Args:
+            train_fn: Training function (default: the constructor's).
+            max_iterations: Stop after this many iterations (None: run until stopped).
+
+        Returns:
+            The number of iterations run.
+        """
+        self._stop.clear()
+        interrupted = self.runs.recover_interrupted()
+        if interrupted:
+            log.warning("marked training runs %s as interrupted (their process is gone)", interrupted)
+        n = 0
+        while not self._stop.is_set():
+            try:
+                self.run_iteration(train_fn)
+            except Exception:  # noqa: BLE001 - the daemon keeps running
+                log.exception("iteration failed; retrying at the next check")
+            n += 1
+            if max_iterations is not None and n >= max_iterations:
+                break
+            self._stop.wait(self.config.check_interval_seconds)
+        return n
+
+    def stop(self) -> None:
+        """Ask :meth:`run_loop` to stop after the current iteration (thread- and signal-safe)."""
+        self._stop.set()
+
+    # ---- operations ----------------------------------------------------------------------
+
+    def promote(self, name: str, *, reason: str = "manual promotion", actor: str = "operator") -> ModelVersion:
+        """Make version ``name`` champion now (ends a running experiment on it).
+
+        Raises:
+            NotFoundError: Unknown version; nothing changes.
+        """
+        exp = self.experiments.active()
+        with self.store.write() as conn:
+            version = self.registry.promote(name, reason=reason, actor=actor, conn=conn)
+            if exp is not None:
+                if exp.challenger == name:
+                    self.experiments.conclude(exp, Decision.PROMOTE, conn=conn)
+                    self._set_run_outcome(name, RunStatus.PROMOTED, conn)
+                else:
+                    self.registry.retire(exp.challenger, reason=f"experiment ended by manual promotion of {name}", conn=conn)
+                    self.experiments.conclude(exp, Decision.STOP, conn=conn)
+        self._invalidate()
+        return version
+
+    def rollback(self, name: str | None = None, *, reason: str = "manual rollback", actor: str = "operator") -> ModelVersion:
+        """Restore ``name`` (default: the previous champion) as champion; ends a running experiment.
+
+        Raises:
+            NotFoundError: Unknown version or no previous champion; nothing changes.
+        """
+        exp = self.experiments.active()
+        with self.store.write() as conn:
+            version = self.registry.rollback(name, reason=reason, actor=actor, conn=conn)
+            if exp is not None:
+                self.registry.retire(exp.challenger, reason=f"experiment ended by rollback to {version.name}", conn=conn)
+                self.experiments.conclude(exp, Decision.STOP, conn=conn)
+        self._invalidate()
+        return version
+
+    def get_status_summary(self) -> dict[str, Any]:
+        """A snapshot of the loop for dashboards and ``--status``.
+
+        Returns:
+            ``{"usage_stats": {total, feedback_rate, avg_quality_score, ...},
+            "status": {total_retrains, champion_model, challenger_model,
+            challenger_traffic, last_training_at, cooldown_until,
+            next_scheduled_at, eligible_samples, min_new_samples, ...},
+            "experiment": {...} | None, "training_runs": [...], "store": url}``.
+        """
+        now = self.clock()
+        usage = self.logger.get_statistics()
+        st = self.triggers.state()
+        tcfg = self.config.trigger_config
+        champion = self.registry.champion()
+        challenger = self.registry.challenger()
+        exp = self.experiments.active()
+        remaining = self.triggers.cooldown_remaining(now, st["last_training_at"])
+        refs = [t for t in (st["last_training_at"], st["last_schedule_at"]) if t is not None]
+        ref = max(refs) if refs else st["first_start_at"]
+        next_sched = (ref + timedelta(hours=tcfg.schedule_interval_hours)) if (ref and tcfg.schedule_interval_hours) else None
+        trig = self.triggers._sample_count(now, st["data_watermark"])
+        return {
+            "usage_stats": usage,
+            "status": {
+                "now": now.isoformat(),
+                "total_retrains": self.runs.count_trained(),
+                "champion_model": champion.name if champion else None,
+                "champion_path": champion.path if champion else None,
+                "challenger_model": challenger.name if challenger else None,
+                "challenger_traffic": exp.traffic_fraction if exp else 0.0,
+                "first_start_at": _iso(st["first_start_at"]),
+                "last_training_at": _iso(st["last_training_at"]),
+                "cooldown_until": _iso(now + timedelta(seconds=remaining)) if remaining > 0 else None,
+                "next_scheduled_at": _iso(next_sched),
+                "eligible_samples": trig.details["eligible_samples"],
+                "min_new_samples": tcfg.min_new_samples,
+                "data_watermark": _iso(st["data_watermark"]),
+                "rehearsal_buffer": str(self.generator.rehearsal_buffer.path),
+            },
+            "experiment": exp.to_dict() if exp else None,
+            "training_runs": [r.to_dict() for r in self.runs.list(limit=5)],
+            "store": self.store.url,
+        }
+
+    def close(self) -> None:
+        """Flush pending records and release the store. Idempotent."""
+        self.logger.close()
+
+    def __enter__(self) -> "ContinuousLearningLoop":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _jsonable(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool, type(None), list, dict))
+
+
+def _fmt_counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in counts.items())

@@ -1,0 +1,383 @@
+"""The store: every table of afs_continuous, and how to open it.
+
+One SQLAlchemy database holds all state: usage records, feedback events, model
+versions, experiments, training runs (with the samples they used) and the
+loop's own state (first start, last training run, rehearsal counters). SQLite
+is the embedded default; any SQLAlchemy URL works.
+
+SQLite connections get ``journal_mode=WAL``, ``synchronous=NORMAL``,
+``busy_timeout`` and ``foreign_keys=ON`` on every connection. Write
+transactions opened with :meth:`Store.write` take the write lock up front
+(``BEGIN IMMEDIATE``), so a read-then-write never dead-locks against another
+process (SQLAlchemy docs, "Serializable isolation / Savepoints / Transactional
+DDL" for pysqlite).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import Column, DateTime, Index, String, Text, TypeDecorator, event, text
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DatabaseError
+from sqlmodel import Field, Session, SQLModel, create_engine
+
+from .errors import SchemaVersionError, StoreError
+
+__all__ = [
+    "Store",
+    "UsageRecord",
+    "FeedbackEvent",
+    "ModelVersionRow",
+    "ExperimentRow",
+    "TrainingRunRow",
+    "TrainingSample",
+    "LoopState",
+    "SchemaInfo",
+    "SCHEMA_VERSION",
+]
+
+log = logging.getLogger("afs_continuous")
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive UTC)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} cannot be stored; use timezone-aware UTC")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _ts(**kwargs: Any) -> Any:
+    return Field(sa_column=Column(UTCDateTime(), **kwargs))
+
+
+class UsageRecord(SQLModel, table=True):
+    """One model call as logged by ``log_usage``; ``model`` is the version that served it."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        Index("ix_usage_created_at", "created_at"),
+        Index("ix_usage_model_created", "model", "created_at"),
+        Index("ix_usage_content_hash", "content_hash"),
+    )
+
+    id: str = Field(sa_column=Column(String(32), primary_key=True))
+    created_at: datetime = _ts(nullable=False)
+    query: str = Field(sa_column=Column(Text, nullable=False))
+    response: str = Field(sa_column=Column(Text, nullable=False))
+    model: str = Field(sa_column=Column(String(200), nullable=False))
+    latency_ms: float | None = None
+    quality_score: float | None = None
+    unit_id: str | None = Field(default=None, sa_column=Column(String(200)))
+    metadata_json: str | None = Field(default=None, sa_column=Column(Text))
+    content_hash: str = Field(sa_column=Column(String(32), nullable=False))
+    truncated: bool = False
+    query_chars: int = 0
+    response_chars: int = 0
+
+
+class FeedbackEvent(SQLModel, table=True):
+    """Append-only feedback; the latest event per record wins. No foreign key on purpose:
+    feedback may arrive before its record is committed."""
+
+    __tablename__ = "feedback_events"
+    __table_args__ = (Index("ix_feedback_record", "record_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    record_id: str = Field(sa_column=Column(String(32), nullable=False))
+    feedback: int
+    created_at: datetime = _ts(nullable=False)
+
+
+class ModelVersionRow(SQLModel, table=True):
+    """A model version in the registry."""
+
+    __tablename__ = "model_versions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(200), unique=True, nullable=False))
+    path: str | None = Field(default=None, sa_column=Column(Text))
+    status: str = Field(sa_column=Column(String(20), nullable=False, index=True))
+    created_at: datetime = _ts(nullable=False)
+    promoted_at: datetime | None = _ts(nullable=True)
+    retired_at: datetime | None = _ts(nullable=True)
+    parent: str | None = Field(default=None, sa_column=Column(String(200)))
+    training_run_id: int | None = None
+    metrics_json: str | None = Field(default=None, sa_column=Column(Text))
+    history_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+
+
+class ExperimentRow(SQLModel, table=True):
+    """A champion/challenger experiment."""
+
+    __tablename__ = "experiments"
+
+    id: int | None = Field(default=None, primary_key=True)
+    champion: str = Field(sa_column=Column(String(200), nullable=False))
+    challenger: str = Field(sa_column=Column(String(200), nullable=False))
+    traffic_fraction: float
+    seed: str = Field(sa_column=Column(String(64), nullable=False))
+    status: str = Field(sa_column=Column(String(20), nullable=False, index=True))
+    started_at: datetime = _ts(nullable=False)
+    ended_at: datetime | None = _ts(nullable=True)
+    decision: str | None = Field(default=None, sa_column=Column(String(20)))
+    last_evaluation_json: str | None = Field(default=None, sa_column=Column(Text))
+    min_p_value: float | None = None
+    n_looks: int = 0
+
+
+class TrainingRunRow(SQLModel, table=True):
+    """One training-run attempt, whatever its outcome (the audit report)."""
+
+    __tablename__ = "training_runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    status: str = Field(sa_column=Column(String(20), nullable=False, index=True))
+    trigger: str = Field(sa_column=Column(String(40), nullable=False))
+    trigger_json: str | None = Field(default=None, sa_column=Column(Text))
+    started_at: datetime = _ts(nullable=False)
+    finished_at: datetime | None = _ts(nullable=True)
+    data_path: str | None = Field(default=None, sa_column=Column(Text))
+    counts_json: str | None = Field(default=None, sa_column=Column(Text))
+    source_start: datetime | None = _ts(nullable=True)
+    source_end: datetime | None = _ts(nullable=True)
+    watermark_json: str | None = Field(default=None, sa_column=Column(Text))
+    metrics_json: str | None = Field(default=None, sa_column=Column(Text))
+    model_version: str | None = Field(default=None, sa_column=Column(String(200)))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    dry_run: bool = False
+    owner: str | None = Field(default=None, sa_column=Column(String(200)))
+
+
+class TrainingSample(SQLModel, table=True):
+    """A record used by a successful training run; never used again."""
+
+    __tablename__ = "training_samples"
+    __table_args__ = (Index("ix_training_samples_hash", "content_hash"),)
+
+    record_id: str = Field(sa_column=Column(String(32), primary_key=True))
+    run_id: int = Field(index=True)
+    content_hash: str = Field(sa_column=Column(String(32), nullable=False))
+
+
+class LoopState(SQLModel, table=True):
+    """Key/value state of the loop (JSON values)."""
+
+    __tablename__ = "loop_state"
+
+    key: str = Field(sa_column=Column(String(100), primary_key=True))
+    value: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class SchemaInfo(SQLModel, table=True):
+    """The schema version this store was created or upgraded with."""
+
+    __tablename__ = "afs_schema"
+
+    id: int = Field(default=1, primary_key=True)
+    version: int
+
+
+def _is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _install_sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, emit BEGIN (so BEGIN IMMEDIATE works).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("afs_immediate"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+class Store:
+    """Opens (and creates) the store at a SQLAlchemy URL and hands out transactions.
+
+    Args:
+        url: SQLAlchemy URL, e.g. ``sqlite:///path/usage.db``. A bare path is
+            accepted and treated as a SQLite file; ``~`` is expanded and parent
+            directories are created.
+        create: Create missing tables (default True).
+
+    Raises:
+        StoreError: The file is not a SQLite database, is corrupted, or cannot
+            be opened; the message names the path and how to recover. The file
+            is never deleted or overwritten.
+        SchemaVersionError: The store was written by a newer afs_continuous.
+
+    Example:
+        >>> import tempfile, os
+        >>> store = Store(os.path.join(tempfile.mkdtemp(), "usage.db"))
+        >>> store.get_state("missing", default=3)
+        3
+    """
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        if "://" not in url:
+            url = "sqlite:///" + str(Path(url).expanduser())
+        self.url = url
+        self.is_sqlite = _is_sqlite(url)
+        kwargs: dict[str, Any] = {}
+        if self.is_sqlite:
+            database = make_url(url).database
+            if database and database != ":memory:":
+                path = Path(database).expanduser()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.url = url = "sqlite:///" + str(path)
+                self.path: Path | None = path
+            else:
+                self.path = None
+            kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+        else:
+            self.path = None
+            kwargs["pool_pre_ping"] = True
+        self.engine = create_engine(url, **kwargs)
+        if self.is_sqlite:
+            _install_sqlite_pragmas(self.engine)
+        self._lock = threading.Lock()
+        try:
+            if create:
+                self._create_schema()
+            self._check_schema()
+        except (DatabaseError, sqlite3.DatabaseError) as exc:
+            self.engine.dispose()
+            where = self.path or url
+            raise StoreError(
+                f"cannot open the store at {where}: {exc.orig if hasattr(exc, 'orig') else exc}. "
+                "The file is not a valid SQLite database or is damaged; it was left untouched. "
+                "Move it aside (or restore a backup) and start again, or point db_path elsewhere."
+            ) from exc
+
+    def _create_schema(self) -> None:
+        with self._lock:
+            SQLModel.metadata.create_all(self.engine, tables=[t.__table__ for t in _TABLES])  # type: ignore[attr-defined]
+            with self.write() as conn:
+                row = conn.execute(text("SELECT version FROM afs_schema WHERE id = 1")).first()
+                if row is None:
+                    conn.execute(text("INSERT INTO afs_schema (id, version) VALUES (1, :v)"), {"v": SCHEMA_VERSION})
+
+    def _check_schema(self) -> None:
+        with self.engine.connect() as conn:
+            row = conn.execute(text("SELECT version FROM afs_schema WHERE id = 1")).first()
+        if row is not None and row[0] > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"the store at {self.path or self.url} has schema version {row[0]}, newer than this "
+                f"afs_continuous supports ({SCHEMA_VERSION}); upgrade afs_continuous"
+            )
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite); commits, or rolls back on error."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(afs_immediate=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read transaction (a consistent snapshot on SQLite WAL)."""
+        with self.engine.connect() as conn:
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """An ORM session in a write transaction: commits on success, rolls back on error."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(afs_immediate=True)
+            with Session(bind=conn) as session:
+                with conn.begin():
+                    yield session
+                    session.flush()
+
+    # ---- loop state ---------------------------------------------------------------
+
+    def get_state(self, key: str, default: Any = None, *, conn: Connection | None = None) -> Any:
+        """Read a JSON value from the ``loop_state`` table (``default`` when absent)."""
+        sql = text("SELECT value FROM loop_state WHERE key = :k")
+        if conn is not None:
+            row = conn.execute(sql, {"k": key}).first()
+        else:
+            with self.read() as c:
+                row = c.execute(sql, {"k": key}).first()
+        return default if row is None else json.loads(row[0])
+
+    def set_state(self, key: str, value: Any, *, conn: Connection | None = None) -> None:
+        """Write a JSON value to the ``loop_state`` table (upsert)."""
+        payload = json.dumps(value, default=_json_default)
+        if conn is None:
+            with self.write() as c:
+                self.set_state(key, value, conn=c)
+            return
+        updated = conn.execute(text("UPDATE loop_state SET value = :v WHERE key = :k"), {"k": key, "v": payload})
+        if updated.rowcount == 0:
+            conn.execute(text("INSERT INTO loop_state (key, value) VALUES (:k, :v)"), {"k": key, "v": payload})
+
+    def integrity_check(self) -> str:
+        """Run SQLite's ``PRAGMA integrity_check`` and return its verdict ('ok' when healthy)."""
+        if not self.is_sqlite:
+            return "ok"
+        with self.engine.connect() as conn:
+            return str(conn.exec_driver_sql("PRAGMA integrity_check").scalar())
+
+    def dispose(self) -> None:
+        """Close every pooled connection (call after ``fork`` in the child, or at shutdown)."""
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if hasattr(value, "value"):
+        return value.value
+    raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
+
+
+def dumps(value: Any) -> str:
+    """JSON-encode with datetimes as ISO 8601 and enums as their values."""
+    return json.dumps(value, default=_json_default, sort_keys=True)
+
+
+def parse_dt(value: str | None) -> datetime | None:
+    """Parse an ISO 8601 string written by :func:`dumps` (``None`` passes through)."""
+    return None if value is None else datetime.fromisoformat(value).astimezone(timezone.utc)
+
+
+_TABLES = (UsageRecord, FeedbackEvent, ModelVersionRow, ExperimentRow, TrainingRunRow, TrainingSample, LoopState, SchemaInfo)

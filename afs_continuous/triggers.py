@@ -1,0 +1,207 @@
+"""Retraining triggers: sample count, schedule, quality drop, manual; with a cooldown.
+
+Every check returns a :class:`TriggerResult` saying whether to retrain, which
+trigger fired, why, and the numbers behind every trigger. All reference times
+come from the store (``loop_state``), so a restarted daemon decides exactly as
+the previous one would have.
+
+State keys used (in ``loop_state``):
+
+- ``first_start_at``: when a loop first opened this store (schedule reference
+  before any training run; never "retrain at once because the store is new").
+- ``last_training_at``: when the last training run called its train_fn
+  (cooldown and schedule reference).
+- ``last_schedule_at``: when the schedule trigger last fired (it fires once per
+  period even if the run was skipped).
+- ``data_watermark``: creation time of the newest record consumed by the last
+  successful training run; only records after it count as new.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from ._queries import count_eligible, quality_window
+from .clock import Clock, utc_now
+from .config import DataGeneratorConfig, TriggerConfig
+from .store import Store, parse_dt
+
+__all__ = ["TriggerChecker", "TriggerResult", "TriggerCheck", "TriggerType"]
+
+
+class TriggerType(str, Enum):
+    """Why a training run started."""
+
+    MANUAL = "manual"
+    QUALITY_DROP = "quality_drop"
+    SAMPLE_COUNT = "sample_count"
+    SCHEDULE = "schedule"
+
+
+@dataclass
+class TriggerCheck:
+    """One trigger's verdict with its numbers."""
+
+    trigger: TriggerType
+    fired: bool
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trigger": self.trigger.value, "fired": self.fired, "reason": self.reason, **self.details}
+
+
+@dataclass
+class TriggerResult:
+    """Outcome of one trigger check.
+
+    Attributes:
+        should_retrain: True when a trigger fired and nothing blocks it.
+        trigger: The deciding trigger (priority manual > quality drop > sample
+            count > schedule), or None.
+        reason: One sentence for people.
+        checks: Every trigger's verdict with its numbers.
+        cooldown_remaining_s: Seconds of cooldown left (0 when none).
+        blocked_by: Why a fired trigger does not retrain ("cooldown", or the
+            running experiment), or None.
+    """
+
+    should_retrain: bool
+    trigger: TriggerType | None
+    reason: str
+    checked_at: datetime
+    checks: list[TriggerCheck] = field(default_factory=list)
+    cooldown_remaining_s: float = 0.0
+    blocked_by: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "should_retrain": self.should_retrain,
+            "trigger": self.trigger.value if self.trigger else None,
+            "reason": self.reason,
+            "checked_at": self.checked_at.isoformat(),
+            "cooldown_remaining_s": round(self.cooldown_remaining_s, 1),
+            "blocked_by": self.blocked_by,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+
+_PRIORITY = [TriggerType.MANUAL, TriggerType.QUALITY_DROP, TriggerType.SAMPLE_COUNT, TriggerType.SCHEDULE]
+
+
+class TriggerChecker:
+    """Decides whether to retrain now.
+
+    Args:
+        store: The store (reads ``loop_state`` and the usage tables).
+        config: Trigger thresholds.
+        generator_config: The generator's filters; the sample-count trigger
+            counts exactly the samples the generator would use.
+        clock: Callable returning the current UTC datetime.
+    """
+
+    def __init__(self, store: Store, config: TriggerConfig, generator_config: DataGeneratorConfig, *,
+                 clock: Clock = utc_now) -> None:
+        self.store = store
+        self.config = config
+        self.generator_config = generator_config
+        self.clock = clock
+
+    def state(self) -> dict[str, datetime | None]:
+        """The reference times: first_start_at, last_training_at, last_schedule_at, data_watermark."""
+        with self.store.read() as conn:
+            return {k: parse_dt(self.store.get_state(k, conn=conn))
+                    for k in ("first_start_at", "last_training_at", "last_schedule_at", "data_watermark")}
+
+    def cooldown_remaining(self, now: datetime, last_training_at: datetime | None) -> float:
+        """Seconds of cooldown left at ``now``; never negative, never more than the cooldown
+        (a clock stepped back cannot make it endless)."""
+        if last_training_at is None:
+            return 0.0
+        total = self.config.cooldown_hours * 3600.0
+        remaining = (last_training_at + timedelta(hours=self.config.cooldown_hours) - now).total_seconds()
+        return min(max(remaining, 0.0), total)
+
+    def check(self, *, now: datetime | None = None, manual: bool = False, blocked_by: str | None = None) -> TriggerResult:
+        """Evaluate every trigger.
+
+        Args:
+            now: Time of the check (default: the clock).
+            manual: An operator asked for a run (``--trigger``); bypasses the cooldown.
+            blocked_by: A reason that prevents retraining regardless (e.g. a
+                challenger still under test); reported in the result.
+        """
+        now = self.clock() if now is None else now
+        cfg = self.config
+        st = self.state()
+        checks: list[TriggerCheck] = []
+        if manual:
+            checks.append(TriggerCheck(TriggerType.MANUAL, True, "requested by the operator"))
+        checks.append(self._quality_drop(now))
+        checks.append(self._sample_count(now, st["data_watermark"]))
+        checks.append(self._schedule(now, st))
+        fired = [c for c in checks if c.fired]
+        remaining = self.cooldown_remaining(now, st["last_training_at"])
+        if not fired:
+            return TriggerResult(False, None, "no trigger fired", now, checks, remaining)
+        first = min(fired, key=lambda c: _PRIORITY.index(c.trigger))
+        if blocked_by is not None and not manual:
+            return TriggerResult(False, first.trigger, f"{first.trigger.value} fired but {blocked_by}", now, checks,
+                                 remaining, blocked_by=blocked_by)
+        if remaining > 0 and not manual:
+            return TriggerResult(False, first.trigger,
+                                 f"{first.trigger.value} fired but in cooldown for another {remaining / 3600:.1f} h",
+                                 now, checks, remaining, blocked_by="cooldown")
+        return TriggerResult(True, first.trigger, f"{first.trigger.value}: {first.reason}", now, checks, remaining)
+
+    def _sample_count(self, now: datetime, watermark: datetime | None) -> TriggerCheck:
+        threshold = self.config.min_new_samples
+        with self.store.read() as conn:
+            n = count_eligible(conn, self.generator_config, watermark, now)
+        details = {"eligible_samples": n, "threshold": threshold,
+                   "since": watermark.isoformat() if watermark else None}
+        if threshold is None:
+            return TriggerCheck(TriggerType.SAMPLE_COUNT, False, "disabled", details)
+        fired = n >= threshold
+        return TriggerCheck(TriggerType.SAMPLE_COUNT, fired,
+                            f"{n} eligible samples {'>=' if fired else '<'} {threshold}", details)
+
+    def _schedule(self, now: datetime, st: dict[str, datetime | None]) -> TriggerCheck:
+        hours = self.config.schedule_interval_hours
+        refs = [t for t in (st["last_training_at"], st["last_schedule_at"]) if t is not None]
+        ref = max(refs) if refs else st["first_start_at"]
+        if ref is None:
+            ref = now
+        elapsed_h = (now - ref).total_seconds() / 3600.0
+        details = {"hours_since": round(elapsed_h, 3), "interval_hours": hours, "reference": ref.isoformat()}
+        if hours is None:
+            return TriggerCheck(TriggerType.SCHEDULE, False, "disabled", details)
+        fired = elapsed_h >= hours
+        return TriggerCheck(TriggerType.SCHEDULE, fired,
+                            f"{elapsed_h:.1f} h since {ref.isoformat()} {'>=' if fired else '<'} {hours:g} h", details)
+
+    def _quality_drop(self, now: datetime) -> TriggerCheck:
+        cfg = self.config
+        threshold = cfg.quality_drop_threshold
+        recent_start = now - timedelta(hours=cfg.quality_window_hours)
+        base_start = recent_start - timedelta(hours=cfg.quality_baseline_hours)
+        with self.store.read() as conn:
+            n_recent, recent = quality_window(conn, recent_start, now)
+            n_base, base = quality_window(conn, base_start, recent_start)
+        drop = (base - recent) / base if (base and recent is not None and base > 0) else None
+        details = {"recent_mean": recent, "recent_n": n_recent, "baseline_mean": base, "baseline_n": n_base,
+                   "drop": drop, "threshold": threshold, "min_samples": cfg.min_quality_samples}
+        if threshold is None:
+            return TriggerCheck(TriggerType.QUALITY_DROP, False, "disabled", details)
+        if min(n_recent, n_base) < cfg.min_quality_samples:
+            return TriggerCheck(TriggerType.QUALITY_DROP, False,
+                                f"too few scored records (recent {n_recent}, baseline {n_base}; need "
+                                f"{cfg.min_quality_samples} each)", details)
+        assert drop is not None and recent is not None and base is not None
+        fired = drop >= threshold
+        return TriggerCheck(TriggerType.QUALITY_DROP, fired,
+                            f"recent mean {recent:.3f} vs baseline {base:.3f}: drop {drop:.1%} "
+                            f"{'>=' if fired else '<'} {threshold:.0%}", details)
