@@ -334,15 +334,21 @@ class ContinuousLearningLoop:
         except OSError as exc:
             log.error("could not update the rehearsal buffer: %s", exc)
 
-    def run_loop(self, train_fn: TrainFn | None = None, max_iterations: int | None = None) -> int:
+    def run_loop(self, train_fn: TrainFn | None = None, max_iterations: int | None = None, *,
+                 no_train: bool = False, dry_run: bool = False,
+                 on_result: Callable[[dict[str, Any]], None] | None = None) -> int:
         """Run :meth:`run_iteration` every ``check_interval_seconds`` until :meth:`stop`.
 
-        An iteration that raises is logged and the loop goes on. The wait
-        between iterations ends early when :meth:`stop` is called.
+        Training runs left in progress by a dead process on this host are
+        first marked ``interrupted``. An iteration that raises is logged and
+        the loop goes on. The wait between iterations ends early on :meth:`stop`.
 
         Args:
             train_fn: Training function (default: the constructor's).
-            max_iterations: Stop after this many iterations (None: run until stopped).
+            max_iterations: Stop after this many iterations (None: until stopped).
+            no_train: Prepare data only in triggered runs.
+            dry_run: Train but neither deploy nor promote.
+            on_result: Called with each iteration's result dict.
 
         Returns:
             The number of iterations run.
@@ -354,7 +360,9 @@ class ContinuousLearningLoop:
         n = 0
         while not self._stop.is_set():
             try:
-                self.run_iteration(train_fn)
+                result = self.run_iteration(train_fn, no_train=no_train, dry_run=dry_run)
+                if on_result is not None:
+                    on_result(result)
             except Exception:  # noqa: BLE001 - the daemon keeps running
                 log.exception("iteration failed; retrying at the next check")
             n += 1

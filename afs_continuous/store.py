@@ -255,7 +255,7 @@ class Store:
         if self.is_sqlite:
             database = make_url(url).database
             if database and database != ":memory:":
-                path = Path(database).expanduser()
+                path = Path(database).expanduser().absolute()
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self.url = url = "sqlite:///" + str(path)
                 self.path: Path | None = path
