@@ -71,6 +71,7 @@ def format_status(summary: Mapping[str, Any]) -> str:
         "Triggers",
         f"  eligible samples {s['eligible_samples']} / {s['min_new_samples']} since {s['data_watermark'] or 'the start'}",
         f"  last training    {s['last_training_at'] or 'never'}",
+        f"  last check       {s.get('last_iteration_at') or 'never'}",
         f"  cooldown until   {s['cooldown_until'] or '-'}",
         f"  next scheduled   {s['next_scheduled_at'] or '-'}",
     ]

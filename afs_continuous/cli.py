@@ -284,3 +284,7 @@ def report(run_id: int, config_path: str | None, db: str | None) -> None:
 def daemon_main() -> None:
     """Entry point of ``afs-continuous-loop`` and ``scripts/continuous_loop.py``."""
     daemon_command(prog_name=Path(sys.argv[0]).name or "continuous_loop.py")
+
+
+if __name__ == "__main__":
+    main()

@@ -176,6 +176,7 @@ class ContinuousLearningLoop:
             evaluation = self.experiments.evaluate(exp, now=now)
             result["experiment"] = evaluation.to_dict()
             self._act_on(exp, evaluation)
+        self.store.set_state("last_iteration_at", now)
         running = self.experiments.active()
         blocked = f"challenger {running.challenger!r} is still under test" if running is not None else None
         trig = self.triggers.check(now=now, manual=manual, blocked_by=blocked)
@@ -444,6 +445,7 @@ class ContinuousLearningLoop:
                 "challenger_traffic": exp.traffic_fraction if exp else 0.0,
                 "first_start_at": _iso(st["first_start_at"]),
                 "last_training_at": _iso(st["last_training_at"]),
+                "last_iteration_at": self.store.get_state("last_iteration_at"),
                 "cooldown_until": _iso(now + timedelta(seconds=remaining)) if remaining > 0 else None,
                 "next_scheduled_at": _iso(next_sched),
                 "eligible_samples": trig.details["eligible_samples"],

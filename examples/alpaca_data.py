@@ -2,10 +2,10 @@
 
 Search order for ``<model>.jsonl.gz``:
 
-1. ``--data-dir`` / the ``AFS_ALPACA_EVAL_DIR`` environment variable;
-2. ``../shared/data/alpaca_eval`` next to this checkout;
-3. the cache, ``$AFS_CONTINUOUS_CACHE`` or ``~/.cache/afs_continuous/alpaca_eval``;
-4. a download of ``results/<model>/weighted_alpaca_eval_gpt4_turbo/annotations.json``
+1. ``--data-dir`` / the ``AFS_ALPACA_EVAL_DIR`` environment variable when given,
+   otherwise ``../shared/data/alpaca_eval`` next to this checkout;
+2. the cache, ``$AFS_CONTINUOUS_CACHE`` or ``~/.cache/afs_continuous/alpaca_eval``;
+3. a download of ``results/<model>/weighted_alpaca_eval_gpt4_turbo/annotations.json``
    from the public ``tatsu-lab/alpaca_eval`` GitHub repository (Apache-2.0),
    converted to the same JSONL format and stored in the cache.
 
@@ -46,12 +46,8 @@ def cache_dir() -> Path:
 
 
 def candidate_dirs(data_dir: str | None) -> list[Path]:
-    dirs = []
     explicit = data_dir or os.environ.get("AFS_ALPACA_EVAL_DIR")
-    if explicit:
-        dirs.append(Path(explicit).expanduser())
-    dirs += [SHARED_DIR, cache_dir()]
-    return dirs
+    return [Path(explicit).expanduser() if explicit else SHARED_DIR, cache_dir()]
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

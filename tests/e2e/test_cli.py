@@ -1,0 +1,150 @@
+"""The daemon and operator commands, run as a user runs them (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+DAEMON = [sys.executable, str(ROOT / "scripts" / "continuous_loop.py")]
+CLI = [sys.executable, "-m", "afs_continuous.cli"]
+
+TRAIN_MODULE = '''
+import json, os, pathlib, time
+
+def train(data_path):
+    n = sum(1 for _ in open(data_path, encoding="utf-8"))
+    out = pathlib.Path(os.environ["ADAPTERS"]) / f"adapter-{time.monotonic_ns()}"
+    out.mkdir(parents=True)
+    (out / "adapter_config.json").write_text(json.dumps({"samples": n}))
+    return {"model_path": str(out), "samples": n, "train_loss": 1.25}
+
+def broken(data_path):
+    raise RuntimeError("CUDA out of memory (simulated by the user's train_fn)")
+'''
+
+
+def run(args, cwd, env=None, check=False, timeout=120):
+    full_env = {**os.environ, **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if not k.startswith("AFS_CONTINUOUS_") or k in (env or {})}
+    proc = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / "user_training.py").write_text(TRAIN_MODULE)
+    config = {"db_path": str(tmp_path / "usage.db"), "data_dir": str(tmp_path / "data"),
+              "check_interval_seconds": 0.05, "trigger_config": {"min_new_samples": 20}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+def _fill(workdir: Path, n: int = 30) -> None:
+    from afs_continuous import UsageLogger
+
+    with UsageLogger(workdir / "usage.db") as logger:
+        for i in range(n):
+            rid = logger.log(f"question number {i}", f"a good answer {i}", "base", quality_score=0.9, latency_ms=12.5)
+            logger.record_feedback(rid, 1)
+
+
+def test_status_human_and_json(workdir):
+    _fill(workdir)
+    human = run(DAEMON + ["--config", "config.json", "--status"], workdir, check=True)
+    assert "afs_continuous status" in human.stdout and "records          30" in human.stdout
+    machine = run(DAEMON + ["--config", "config.json", "--status", "--json"], workdir, check=True)
+    summary = json.loads(machine.stdout)  # nothing but JSON on stdout
+    assert summary["usage_stats"]["total"] == 30
+    assert summary["status"]["champion_model"] == "base"
+    assert summary["status"]["eligible_samples"] == 30
+
+
+def test_trigger_no_train_prepares_data_only(workdir):
+    _fill(workdir)
+    proc = run(DAEMON + ["--config", "config.json", "--trigger", "--no-train", "--json"], workdir, check=True)
+    result = json.loads(proc.stdout)
+    assert result["retrain"]["status"] == "data_ready"
+    data = Path(result["retrain"]["data_path"])
+    lines = [json.loads(line) for line in data.read_text().splitlines()]
+    assert len(lines) == 30 and lines[0]["messages"][1]["role"] == "assistant"
+
+
+def test_daemon_trains_with_named_train_fn_and_stops_at_max_iterations(workdir):
+    _fill(workdir)
+    env = {"ADAPTERS": str(workdir / "adapters")}
+    proc = run(DAEMON + ["--config", "config.json", "--train-fn", "user_training:train", "--max-iterations", "2"],
+               workdir, env=env, check=True)
+    assert "daemon stopped after 2 iteration(s)" in proc.stderr
+    versions = json.loads(run(CLI + ["versions", "--config", "config.json", "--json"], workdir, check=True).stdout)
+    assert [v["status"] for v in versions] == ["champion", "challenger"]
+    assert versions[1]["metrics"]["samples"] == 30
+
+
+def test_failing_train_fn_is_a_failed_run_not_a_crash(workdir):
+    _fill(workdir)
+    proc = run(DAEMON + ["--config", "config.json", "--train-fn", "user_training:broken", "--trigger"], workdir)
+    assert proc.returncode == 1
+    assert "failed" in proc.stdout and "CUDA out of memory" in proc.stdout
+    runs = json.loads(run(CLI + ["runs", "--config", "config.json", "--json"], workdir, check=True).stdout)
+    assert runs[0]["status"] == "failed" and "Traceback" in runs[0]["error"]
+    report = json.loads(run(CLI + ["report", str(runs[0]["id"]), "--config", "config.json"], workdir, check=True).stdout)
+    assert report["counts"]["new_samples"] == 30
+
+
+def test_sigterm_stops_the_daemon_cleanly(workdir):
+    config = json.loads((workdir / "config.json").read_text())
+    config["check_interval_seconds"] = 3600
+    (workdir / "config.json").write_text(json.dumps(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AFS_CONTINUOUS_")}
+    proc = subprocess.Popen(DAEMON + ["--config", "config.json"], cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    from afs_continuous import Store
+
+    while time.monotonic() < deadline:
+        if (workdir / "usage.db").exists() and Store(str(workdir / "usage.db")).get_state("last_iteration_at"):
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "received SIGTERM" in err and "daemon stopped after 1 iteration(s)" in err
+
+
+def test_config_typo_exits_2_naming_the_key(workdir):
+    (workdir / "bad.json").write_text(json.dumps({"trigger_config": {"min_new_sampels": 5}}))
+    proc = run(DAEMON + ["--config", "bad.json", "--status"], workdir)
+    assert proc.returncode == 2
+    assert "trigger_config.min_new_sampels" in proc.stderr and "min_new_samples" in proc.stderr
+
+
+def test_bad_train_fn_exits_2(workdir):
+    proc = run(DAEMON + ["--config", "config.json", "--train-fn", "no_such_module:train", "--trigger"], workdir)
+    assert proc.returncode == 2 and "no_such_module" in proc.stderr
+
+
+def test_promote_and_rollback_unknown_version(workdir):
+    _fill(workdir)
+    proc = run(CLI + ["rollback", "v-does-not-exist", "--config", "config.json"], workdir)
+    assert proc.returncode == 1 and "unknown model version 'v-does-not-exist'" in proc.stderr
+    versions = json.loads(run(CLI + ["versions", "--config", "config.json", "--json"], workdir, check=True).stdout)
+    assert [(v["name"], v["status"]) for v in versions] == [("base", "champion")]
+
+
+def test_console_commands_are_installed():
+    import shutil
+
+    for name in ("afs-continuous", "afs-continuous-loop"):
+        exe = shutil.which(name) or str(Path(sys.executable).parent / name)
+        assert Path(exe).exists(), f"{name} is not installed"
+        assert "--help" in run([exe, "--help"], ROOT, check=True).stdout
