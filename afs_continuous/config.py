@@ -32,7 +32,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -238,6 +238,17 @@ class TrainingConfig(_Config):
         None, description="Settings of the reference LoRA trainer (afs_continuous.training.lora.LoRATrainingConfig)."
     )
     timeout_s: float | None = Field(None, gt=0, description="Seconds after which a hanging train_fn is reported as failed.")
+
+    @field_validator("lora")
+    @classmethod
+    def _check_lora(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Validate now (a typo fails at start-up, not at the first retrain hours later);
+        # the trainer's config module is cheap to import (no torch).
+        if value is not None:
+            from .training.lora import LoRATrainingConfig
+
+            LoRATrainingConfig(**value)
+        return value
 
 
 class LoopConfig(_Config):

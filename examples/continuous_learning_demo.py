@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # A tiny causal LM built from a config with a tokenizer trained on the traffic: the "champion" weights.
     from afs_continuous.training.lora import LoRATrainingConfig, make_train_fn
-    from afs_continuous.training.tiny import build_tiny_model
+    from afs_continuous.training.tiny import TINY_LORA_SETTINGS, build_tiny_model
 
     base_dir = build_tiny_model(workdir / "base-model", (t for r in rows for t in (r["instruction"], r["output"])),
                                 seed=args.seed)
@@ -139,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         losses.append((entry["step"], entry["loss"]))
         say(f"    step {entry['step']:>3}  loss {entry['loss']:.4f}")
 
+    # TINY_LORA_SETTINGS: a higher learning rate and lm_head among the targets, because the tiny
+    # model's output head is random; a real base model keeps the defaults (2e-4, attention projections).
     lora = LoRATrainingConfig(base_model=str(base_dir), output_dir=str(workdir / "adapters"), rank=8, alpha=16,
-                              epochs=1, learning_rate=1e-3, batch_size=8, max_length=256, logging_steps=5,
-                              seed=args.seed, device="cpu")
+                              epochs=1, batch_size=8, max_length=256, logging_steps=5, seed=args.seed,
+                              device="cpu", **TINY_LORA_SETTINGS)
     train_fn = make_train_fn(lora, on_log=on_log)
     loop = ContinuousLearningLoop(config, clock=clock, train_fn=train_fn)
 
@@ -155,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         rid = loop.log_usage(r["instruction"], r["output"], model=version.name, unit_id=uid,
                              latency_ms=latency_ms(r["output"], 60.0), quality_score=r["preference"] - 1.0)
         loop.record_feedback(rid, feedback=thumbs(r["preference"]))
+    clock.set(START.replace(day=START.day + 1))  # exactly 24 h later
     stats = loop.logger.get_statistics()
     say(f"logged {stats['total']} records as {version.name!r}; feedback rate {stats['feedback_rate']:.0%} "
         f"({stats['positive_feedback']} up / {stats['negative_feedback']} down); avg quality "
