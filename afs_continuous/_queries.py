@@ -38,9 +38,28 @@ def latest_feedback() -> ColumnElement[Any]:
     )
 
 
+# Every character Python's str.split() treats as whitespace: a text made only of
+# these normalises to "" (see _text.normalize) and is never a training sample.
+_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+
+def _not_blank(col: Any) -> ColumnElement[bool]:
+    return func.length(func.trim(col, _WHITESPACE)) > 0
+
+
 def quality_condition(gen: DataGeneratorConfig) -> list[ColumnElement[bool]]:
-    """Conditions of the quality stage (not truncated, non-empty, score >= threshold)."""
-    conds: list[ColumnElement[bool]] = [U.c.truncated.is_(False), U.c.query_chars > 0, U.c.response_chars > 0]
+    """Conditions of the quality stage (not truncated, not empty or whitespace-only, score >= threshold).
+
+    Whitespace-only texts are excluded here, in SQL, so that the sample-count
+    trigger counts exactly the samples the generator will keep.
+    """
+    conds: list[ColumnElement[bool]] = [
+        U.c.truncated.is_(False), U.c.query_chars > 0, U.c.response_chars > 0,
+        _not_blank(U.c.query), _not_blank(U.c.response),
+    ]
     if gen.min_quality_score is not None:
         conds.append(U.c.quality_score >= gen.min_quality_score)
     return conds
@@ -136,7 +155,7 @@ def usage_statistics(conn: Connection) -> dict[str, Any]:
         "feedback_rate": (with_fb / total) if total else 0.0,
         "positive_rate": (pos / with_fb) if with_fb else None,
         "n_scored": int(n_scored),
-        "avg_quality_score": float(avg_q) if avg_q is not None else None,
+        "avg_quality_score": float(avg_q) if avg_q is not None else 0.0,  # 0.0 with n_scored == 0
         "avg_latency_ms": float(avg_lat) if avg_lat is not None else None,
         "by_model": by_model,
         "first_at": first.isoformat() if first else None,
@@ -155,13 +174,18 @@ def arm_aggregates(conn: Connection, model: str, start: datetime, end: datetime)
 
     Returns:
         ``{"n_served", "n_scored", "sum_quality", "sum_quality_sq", "n_rated",
-        "n_positive", "n_negative", "n_latency", "sum_latency_ms", "sum_latency_sq"}``.
+        "n_positive", "n_negative", "n_latency", "sum_latency_ms", "sum_latency_sq",
+        "n_units"}``. ``n_units`` counts distinct unit ids (a record without a
+        unit id counts as its own unit): the units the router assigned, which
+        is what a sample-ratio check must compare (requests per unit are
+        heavy-tailed, so request counts are not binomial).
     """
     q = U.c.quality_score
     inner = select(
-        U.c.quality_score.label("q"), U.c.latency_ms.label("lat"), latest_feedback().element.label("fb")
+        U.c.quality_score.label("q"), U.c.latency_ms.label("lat"), latest_feedback().element.label("fb"),
+        U.c.unit_id.label("unit"),
     ).where(U.c.model == model, U.c.created_at >= start, U.c.created_at <= end).subquery()
-    q, fb, lat = inner.c.q, inner.c.fb, inner.c.lat
+    q, fb, lat, unit = inner.c.q, inner.c.fb, inner.c.lat, inner.c.unit
     row = conn.execute(
         select(
             func.count(),
@@ -174,10 +198,11 @@ def arm_aggregates(conn: Connection, model: str, start: datetime, end: datetime)
             func.count(lat),
             func.coalesce(func.sum(lat), 0.0),
             func.coalesce(func.sum(lat * lat), 0.0),
+            func.count(distinct(unit)) + func.coalesce(func.sum(case((unit.is_(None), 1), else_=0)), 0),
         ).select_from(inner)
     ).one()
     keys = ("n_served", "n_scored", "sum_quality", "sum_quality_sq", "n_rated", "n_positive", "n_negative",
-            "n_latency", "sum_latency_ms", "sum_latency_sq")
+            "n_latency", "sum_latency_ms", "sum_latency_sq", "n_units")
     return {k: (float(v) if k.startswith("sum") else int(v)) for k, v in zip(keys, row)}
 
 

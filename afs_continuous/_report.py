@@ -52,7 +52,7 @@ def format_status(summary: Mapping[str, Any]) -> str:
         "Usage",
         f"  records          {u['total']}",
         f"  feedback rate    {_pct(u['feedback_rate'])}  (+{u['positive_feedback']} / -{u['negative_feedback']})",
-        f"  avg quality      {_num(u['avg_quality_score'])}  ({u['n_scored']} scored)",
+        f"  avg quality      {_num(u['avg_quality_score'] if u['n_scored'] else None)}  ({u['n_scored']} scored)",
         f"  avg latency      {_num(u['avg_latency_ms'], '.1f')} ms",
     ]
     if u.get("by_model"):

@@ -187,6 +187,10 @@ class DataGeneratorConfig(_Config):
     max_samples: int | None = Field(None, ge=1, description="Cap on new samples per training set (highest quality first).")
     system_prompt: str | None = Field(None, description="Optional system message prepended to every exported conversation.")
     seed: int = Field(0, description="Seed for rehearsal sampling (reproducible training sets).")
+    late_arrival_hours: float = Field(
+        24.0, ge=0, description="Each run reconsiders records created up to this many hours before the previous run, "
+        "so records committed late or feedback given late still count; content already trained on is excluded by hash."
+    )
 
 
 class ABTestConfig(_Config):

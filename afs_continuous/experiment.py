@@ -185,6 +185,7 @@ def _arm_figures(name: str, agg: dict[str, Any], summary: Any) -> dict[str, Any]
     return {
         "model": name,
         "n_served": agg["n_served"],
+        "n_units": agg["n_units"],
         "n": summary.n if summary else 0,
         "mean": summary.mean if summary else None,
         "variance": summary.variance if summary else None,
@@ -284,7 +285,8 @@ class ExperimentManager:
             experiment_id=exp.id, decision=Decision.CONTINUE, reasons=[], metric=metric.value, evaluated_at=now,
             elapsed_hours=elapsed_h, champion=_arm_figures(exp.champion, a, sa), challenger=_arm_figures(exp.challenger, b, sb),
         )
-        srm = stats.srm_test([a["n_served"], b["n_served"]], [1.0 - exp.traffic_fraction, exp.traffic_fraction],
+        # units, not requests: the router assigns units, and requests per unit are heavy-tailed
+        srm = stats.srm_test([a["n_units"], b["n_units"]], [1.0 - exp.traffic_fraction, exp.traffic_fraction],
                              threshold=cfg.srm_threshold)
         ev.srm = {"chi2": srm.chi2, "p_value": srm.p_value, "mismatch": srm.mismatch, "decided": srm.decided,
                   "observed": list(srm.observed), "expected": [round(x, 3) for x in srm.expected]}
@@ -299,7 +301,7 @@ class ExperimentManager:
         if srm.mismatch:
             ev.decision = Decision.INVALID
             ev.reasons.append(
-                f"sample-ratio mismatch: served {a['n_served']}/{b['n_served']} vs configured "
+                f"sample-ratio mismatch: served {a['n_units']}/{b['n_units']} units vs configured "
                 f"{1 - exp.traffic_fraction:.0%}/{exp.traffic_fraction:.0%} (chi2 {srm.chi2:.1f}, p {srm.p_value:.2g} < "
                 f"{cfg.srm_threshold}); promotion blocked until the routing is fixed"
             )

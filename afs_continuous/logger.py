@@ -134,6 +134,7 @@ class UsageLogger:
         >>> logger.get_statistics()["total"]
         1
         >>> logger.close()
+        True
     """
 
     def __init__(
@@ -207,8 +208,14 @@ class UsageLogger:
         if self._closed:
             raise StoreError("this UsageLogger is closed; create a new one")
         record_id = uuid.uuid4().hex
+        # Cap the texts here, not in the writer, so a huge response is not held
+        # in the queue (memory stays bounded while the store is slow or locked).
+        max_chars = self.config.max_text_chars
+        q_len, r_len = len(query), len(response)
+        if q_len > max_chars or r_len > max_chars:
+            query, response = query[:max_chars], response[:max_chars]
         row = (record_id, self.clock(), query, response, model, latency, quality,
-               None if unit_id is None else str(unit_id), meta)
+               None if unit_id is None else str(unit_id), meta, q_len, r_len)
         recent = self._recent
         recent[record_id] = None
         if len(recent) > _RECENT_IDS:
@@ -302,8 +309,8 @@ class UsageLogger:
 
         Returns:
             ``{"total", "with_feedback", "positive_feedback", "negative_feedback",
-            "feedback_rate" (fraction 0..1), "avg_quality_score" (None if no
-            scores), "n_scored", "avg_latency_ms", "by_model": {name: count},
+            "feedback_rate" (fraction 0..1), "avg_quality_score" (0.0 when no
+            record has a score; see "n_scored"), "n_scored", "avg_latency_ms", "by_model": {name: count},
             "first_at", "last_at" (ISO 8601 or None), "writer": {...}}``.
         """
         self.flush()
@@ -411,8 +418,7 @@ class UsageLogger:
 
     def _write(self, records: list[tuple[Any, ...]], events: list[tuple[Any, ...]]) -> None:
         """Commit one batch in one transaction, retrying transient errors with backoff."""
-        max_chars = self.config.max_text_chars
-        rows = [_record_row(r, max_chars) for r in records]
+        rows = [_record_row(r) for r in records]
         fb_rows = [{"record_id": e[0], "feedback": e[1], "created_at": e[2]} for e in events]
         delay = 0.01
         for attempt in range(_MAX_RETRIES):
@@ -440,12 +446,10 @@ class UsageLogger:
             raise StoreError(f"could not write to the store {self.store.url}: {self.last_error}")
 
 
-def _record_row(r: tuple[Any, ...], max_chars: int) -> dict[str, Any]:
-    record_id, created_at, query, response, model, latency, quality, unit_id, meta = r
-    q_len, r_len = len(query), len(response)
-    truncated = q_len > max_chars or r_len > max_chars
-    if truncated:
-        query, response = query[:max_chars], response[:max_chars]
+def _record_row(r: tuple[Any, ...]) -> dict[str, Any]:
+    """The row of a record tuple built by ``log()`` (texts already capped; original lengths kept)."""
+    record_id, created_at, query, response, model, latency, quality, unit_id, meta, q_len, r_len = r
+    truncated = q_len > len(query) or r_len > len(response)
     query, response = clean_text(query), clean_text(response)
     return {
         "id": record_id,

@@ -169,6 +169,9 @@ class ContinuousLearningLoop:
             "model_version", "error", ...}}`` (``retrain`` only when triggered).
         """
         self.logger.flush()
+        interrupted = self.runs.recover_interrupted()
+        if interrupted:
+            log.warning("marked training runs %s as interrupted (their process is gone)", interrupted)
         now = self.clock()
         result: dict[str, Any] = {"timestamp": now.isoformat(), "retrain_triggered": False, "experiment": None}
         exp = self.experiments.active()
@@ -244,6 +247,10 @@ class ContinuousLearningLoop:
             model_path = self._check_outcome(outcome)
         except Exception as exc:  # noqa: BLE001 - reported as a failed run, the daemon keeps going
             return self._fail(run_id, report, f"{type(exc).__name__}: {exc}", exc)
+        except BaseException as exc:  # Ctrl-C / SystemExit: record it, then let it stop the process
+            self.runs.update(run_id, status=RunStatus.INTERRUPTED, finished=True,
+                             error=f"interrupted by {type(exc).__name__} during train_fn")
+            raise
         metrics = {k: v for k, v in outcome.items() if _jsonable(v)}
         report["metrics"] = metrics
         if dry_run:
@@ -303,6 +310,9 @@ class ContinuousLearningLoop:
             self.registry.register(name, path=model_path, status=status, parent=champion.name if champion else None,
                                    training_run_id=run_id, metrics=metrics,
                                    reason=f"trained by run {run_id} ({report['trigger']})", conn=conn)
+            replaced = self.experiments.active(conn=conn)
+            if replaced is not None:  # a manual run while a challenger was under test replaces it
+                self._set_run_outcome(replaced.challenger, RunStatus.REJECTED, conn)
             if ab:
                 exp = self.experiments.start(champion.name if champion else self.config.champion_model, name, conn=conn)
                 report["experiment_id"] = exp.id
@@ -311,7 +321,8 @@ class ContinuousLearningLoop:
                     {"record_id": rid, "run_id": run_id, "content_hash": h}
                     for rid, h in zip(gen.record_ids, gen.content_hashes)
                 ])
-            self.store.set_state("data_watermark", gen.until, conn=conn)
+            grace = timedelta(hours=self.config.generator_config.late_arrival_hours)
+            self.store.set_state("data_watermark", gen.until - grace if gen.until else None, conn=conn)
             run_status = RunStatus.DEPLOYED if ab else RunStatus.PROMOTED
             self.runs.update(run_id, status=run_status, metrics=metrics, model_version=name, finished=True, conn=conn)
         self._invalidate()
@@ -340,9 +351,9 @@ class ContinuousLearningLoop:
                  on_result: Callable[[dict[str, Any]], None] | None = None) -> int:
         """Run :meth:`run_iteration` every ``check_interval_seconds`` until :meth:`stop`.
 
-        Training runs left in progress by a dead process on this host are
-        first marked ``interrupted``. An iteration that raises is logged and
-        the loop goes on. The wait between iterations ends early on :meth:`stop`.
+        An iteration that raises is logged and the loop goes on. The wait
+        between iterations ends early on :meth:`stop` (also when :meth:`stop`
+        was called before this method started).
 
         Args:
             train_fn: Training function (default: the constructor's).
@@ -354,10 +365,6 @@ class ContinuousLearningLoop:
         Returns:
             The number of iterations run.
         """
-        self._stop.clear()
-        interrupted = self.runs.recover_interrupted()
-        if interrupted:
-            log.warning("marked training runs %s as interrupted (their process is gone)", interrupted)
         n = 0
         while not self._stop.is_set():
             try:
@@ -370,6 +377,7 @@ class ContinuousLearningLoop:
             if max_iterations is not None and n >= max_iterations:
                 break
             self._stop.wait(self.config.check_interval_seconds)
+        self._stop.clear()  # a later run_loop() starts afresh; a stop() before this call was honoured
         return n
 
     def stop(self) -> None:

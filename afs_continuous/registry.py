@@ -191,7 +191,7 @@ class ModelRegistry:
                                      metrics=metrics, reason=reason, actor=actor, conn=c)
         if not name:
             raise ValueError("model version name must be a non-empty str")
-        if self._fetch(select(V.c.name).where(V.c.name == name), conn):
+        if conn.execute(select(V.c.name).where(V.c.name == name)).first() is not None:
             raise ValueError(f"model version {name!r} already exists; names are unique")
         now = self.clock()
         prior = self.champion(conn=conn)
@@ -249,7 +249,10 @@ class ModelRegistry:
                  conn: Connection | None = None) -> ModelVersion:
         """Restore ``name`` (default: the champion before the current one) as champion.
 
-        Idempotent: rolling back to the current champion changes nothing.
+        Idempotent: rolling back to the current champion changes nothing, and
+        a second ``rollback()`` without a name right after one is a no-op (it
+        never re-deploys the version that was just rolled back). To go further
+        back, name the version.
 
         Raises:
             NotFoundError: Unknown version, or no earlier champion exists; nothing changes.
@@ -261,6 +264,9 @@ class ModelRegistry:
         if name is None:
             if current is None:
                 raise NotFoundError("no champion to roll back from")
+            became = next((h for h in reversed(current.history) if h.get("to_status") == "champion"), None)
+            if became is not None and became.get("action") == "rollback":
+                return current
             prior = next((h.get("prior_champion") for h in reversed(current.history)
                           if h.get("to_status") == "champion" and h.get("prior_champion")), None)
             if prior is None:

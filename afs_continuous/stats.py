@@ -4,7 +4,7 @@ The promotion loop looks at a running experiment every hour and promotes as soon
 as the challenger looks better. A fixed-horizon test (Welch t, two-proportion z)
 is valid only at one pre-planned look: checked hourly for a week at alpha 0.05,
 an A/A experiment "wins" far more often than 5% of the time (the peeking problem;
-see the simulation table in ``docs/STATISTICS.md``). The default here is therefore
+see the simulation table in ``docs/statistics.md``). The default here is therefore
 an always-valid inference: the asymptotic confidence sequence of Waudby-Smith et
 al., identical to the normal-mixture mSPRT of Johari et al. (Optimizely Stats
 Engine), to GrowthBook's sequential testing and to Eppo's bound, applied to the

@@ -201,7 +201,8 @@ class TriggerChecker:
                                 f"too few scored records (recent {n_recent}, baseline {n_base}; need "
                                 f"{cfg.min_quality_samples} each)", details)
         assert drop is not None and recent is not None and base is not None
-        fired = drop >= threshold
+        # a drop of exactly the threshold fires: means are float sums, so 1.0 -> 0.9 gives 0.0999...98
+        fired = drop >= threshold - 1e-9
         return TriggerCheck(TriggerType.QUALITY_DROP, fired,
                             f"recent mean {recent:.3f} vs baseline {base:.3f}: drop {drop:.1%} "
                             f"{'>=' if fired else '<'} {threshold:.0%}", details)

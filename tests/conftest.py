@@ -1,0 +1,185 @@
+"""Shared fixtures of the afs_continuous test suite.
+
+Everything here is real: SQLite files under ``tmp_path``, the package's own
+classes, and :class:`~afs_continuous.clock.ManualClock` to move time (tests
+never sleep to wait for a schedule). The only "user code" is a small training
+function that writes an adapter directory, as a user's ``train_fn`` would.
+
+Real text comes from the AlpacaEval 2.0 judged outputs in
+``<repo>/../shared/data/alpaca_eval`` (override with ``AFS_ALPACA_EVAL_DIR``):
+``quality_score = preference - 1`` and ``feedback = +1 if preference > 1.5 else -1``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import pytest
+
+from afs_continuous import ContinuousLearningLoop, ManualClock, UsageLogger, load_config
+
+START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+_DEFAULT_ALPACA_DIR = Path(__file__).parents[1].parent / "shared/data/alpaca_eval"
+_ALPACA_CACHE: dict[str, list[dict[str, Any]]] = {}
+
+
+def alpaca_dir() -> Path:
+    """Folder of the AlpacaEval ``*.jsonl.gz`` files (``AFS_ALPACA_EVAL_DIR`` overrides)."""
+    override = os.environ.get("AFS_ALPACA_EVAL_DIR")
+    return Path(override) if override else _DEFAULT_ALPACA_DIR
+
+
+def quality_of(row: dict[str, Any]) -> float:
+    """AlpacaEval preference in [1, 2] mapped to a quality score in [0, 1]."""
+    return min(1.0, max(0.0, float(row["preference"]) - 1.0))
+
+
+def thumbs_of(row: dict[str, Any]) -> int:
+    """AlpacaEval preference mapped to thumbs: +1 when the judge preferred this answer."""
+    return 1 if float(row["preference"]) > 1.5 else -1
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A manual clock at 2026-01-01 00:00 UTC."""
+    return ManualClock(START)
+
+
+@pytest.fixture(scope="session")
+def alpaca() -> Callable[[str], list[dict[str, Any]]]:
+    """Loader of one model's 805 AlpacaEval rows, sorted by ``index`` (cached per session).
+
+    ``alpaca("FuseChat-Llama-3.2-3B")`` finds ``FuseChat-Llama-3.2-3B-Instruct.jsonl.gz``.
+    Skips the test when the data folder is missing.
+    """
+    folder = alpaca_dir()
+    if not folder.is_dir():
+        pytest.skip(f"AlpacaEval data not found at {folder} (set AFS_ALPACA_EVAL_DIR)")
+
+    def load(model_name: str) -> list[dict[str, Any]]:
+        if model_name not in _ALPACA_CACHE:
+            candidates = [folder / f"{model_name}.jsonl.gz", folder / f"{model_name}-Instruct.jsonl.gz"]
+            path = next((p for p in candidates if p.is_file()), None)
+            if path is None:
+                pytest.skip(f"no AlpacaEval file for {model_name!r} in {folder}")
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                rows = [json.loads(line) for line in fh if line.strip()]
+            _ALPACA_CACHE[model_name] = sorted(rows, key=lambda r: r["index"])
+        return _ALPACA_CACHE[model_name]
+
+    return load
+
+
+class Trainer:
+    """A user's train_fn: checks the chat JSONL, writes an adapter directory, returns metrics.
+
+    Attributes:
+        calls: Every data path it was called with.
+        n_lines: Number of training lines seen per call.
+        samples: The parsed samples of every call.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.calls: list[str] = []
+        self.n_lines: list[int] = []
+        self.samples: list[list[dict[str, Any]]] = []
+
+    def __call__(self, data_path: str) -> dict[str, Any]:
+        self.calls.append(data_path)
+        with open(data_path, encoding="utf-8") as fh:
+            rows = [json.loads(line) for line in fh]
+        assert rows, "train_fn called on an empty file"
+        for row in rows:
+            assert set(row) == {"messages"}
+        self.samples.append(rows)
+        self.n_lines.append(len(rows))
+        out = self.root / f"adapter-{len(self.calls):03d}"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "adapter_config.json").write_text(json.dumps({"r": 8, "n_train": len(rows)}), encoding="utf-8")
+        return {"model_path": str(out), "loss": round(1.0 / len(self.calls), 4), "n_train": len(rows)}
+
+
+@pytest.fixture
+def trainer(tmp_path: Path) -> Trainer:
+    """A fresh :class:`Trainer` writing adapters under ``tmp_path/models``."""
+    return Trainer(tmp_path / "models")
+
+
+@pytest.fixture
+def make_loop() -> Iterator[Callable[..., ContinuousLearningLoop]]:
+    """Factory ``make_loop(tmp_path, clock, *, train_fn=None, **overrides)``.
+
+    Builds a loop over ``tmp_path/usage.db`` (data in ``tmp_path/data``) with
+    ``route_cache_s=0``; ``overrides`` are nested config keys merged over that
+    (``trigger_config={"min_new_samples": 5}``), validated by ``load_config``
+    with the environment ignored. Every loop made is closed at teardown.
+    """
+    made: list[ContinuousLearningLoop] = []
+
+    def factory(tmp_path: Path, clock: Callable[[], datetime], *, train_fn: Any = None,
+                **overrides: Any) -> ContinuousLearningLoop:
+        base: dict[str, Any] = {
+            "db_path": str(tmp_path / "usage.db"),
+            "data_dir": str(tmp_path / "data"),
+            "route_cache_s": 0,
+            "logger_config": {"flush_interval_s": 0.05},
+        }
+        cfg = load_config(None, env={}, overrides=_merge(base, overrides))
+        loop = ContinuousLearningLoop(cfg, clock=clock, train_fn=train_fn)
+        made.append(loop)
+        return loop
+
+    yield factory
+    for loop in made:
+        loop.close()
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture
+def log_rows() -> Callable[..., list[str]]:
+    """``log_rows(target, rows, model, *, feedback=True, unit_prefix=None)``: log AlpacaEval rows.
+
+    ``target`` is a loop or a :class:`UsageLogger`. Each row is logged with
+    its real instruction/output, ``quality_score = preference - 1`` and (when
+    ``feedback``) thumbs from the preference. Returns the record ids.
+    """
+
+    def log(target: Any, rows: Iterable[dict[str, Any]], model: str, *, feedback: bool = True,
+            unit_prefix: str | None = None) -> list[str]:
+        logger: UsageLogger = target.logger if isinstance(target, ContinuousLearningLoop) else target
+        ids = []
+        for i, row in enumerate(rows):
+            rid = logger.log(row["instruction"], row["output"], model, quality_score=quality_of(row),
+                             latency_ms=100.0 + i % 50,
+                             unit_id=None if unit_prefix is None else f"{unit_prefix}-{i}")
+            if feedback:
+                logger.record_feedback(rid, thumbs_of(row))
+            ids.append(rid)
+        logger.flush()
+        return ids
+
+    return log
+
+
+@pytest.fixture
+def good_rows(alpaca: Callable[[str], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Gemma-2-9B rows the judge preferred (quality >= 0.7 and thumbs up): eligible for training."""
+    rows = [r for r in alpaca("FuseChat-Gemma-2-9B") if quality_of(r) >= 0.7 and thumbs_of(r) == 1]
+    assert len(rows) > 300
+    return rows

@@ -1,0 +1,278 @@
+"""Champion/challenger experiments: sticky routing, and decisions on replayed real AlpacaEval traffic.
+
+The replay: request ``i`` asks AlpacaEval instruction ``i % 805`` for unit
+``user-i``; ``loop.route`` picks the arm and the answer is that arm's model's
+real answer, scored ``quality_score = preference - 1`` (the GPT-4-turbo judge).
+Win rates: Llama-3.2-1B 0.299 < Llama-3.2-3B 0.513 < Llama-3.1-8B 0.633.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from typing import Any, Callable
+
+import pytest
+
+from afs_continuous import Arm, ContinuousLearningLoop, Decision, ManualClock, VersionStatus
+
+NO_TRIGGERS = {"min_new_samples": None, "schedule_interval_hours": None, "quality_drop_threshold": None}
+CHAMPION = "FuseChat-Llama-3.2-3B"
+CHALLENGER = f"{CHAMPION}-ft1"
+
+
+def within_binomial(count: int, n: int, p: float, sigmas: float = 5.0) -> bool:
+    return abs(count - n * p) <= sigmas * math.sqrt(n * p * (1 - p))
+
+
+# ------------------------------------------------------------------ routing
+@pytest.fixture
+def routed(tmp_path, clock, make_loop):
+    """(worker loop, experiment): an operator's loop starts base vs cand; a worker routes with a 60 s cache."""
+    admin = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS)
+    admin.registry.register("cand", path=str(tmp_path), reason="test candidate")
+    exp = admin.experiments.start("base", "cand")
+    worker = make_loop(tmp_path, clock, route_cache_s=60, trigger_config=NO_TRIGGERS)
+    return worker, exp
+
+
+def test_route_returns_the_champion_without_an_experiment(tmp_path, clock, make_loop) -> None:
+    loop = make_loop(tmp_path, clock, champion_model="nayru-v1", champion_model_path="/models/nayru-v1")
+    versions = {loop.route(f"user-{i}").name for i in range(200)} | {loop.route().name for _ in range(50)}
+    assert versions == {"nayru-v1"}
+    assert loop.route("user-1").path == "/models/nayru-v1"
+    assert loop.route("user-1").status is VersionStatus.CHAMPION
+
+
+def test_same_unit_same_arm_within_an_experiment(routed) -> None:
+    loop, exp = routed
+    for i in range(300):
+        uid = f"user-{i}"
+        first = loop.route(uid).name
+        assert {loop.route(uid).name for _ in range(3)} == {first}
+        assert (first == "cand") == (loop.experiments.assign(exp, uid) is Arm.CHALLENGER)
+
+
+def test_split_matches_the_traffic_fraction(routed) -> None:
+    loop, exp = routed
+    n = 20_000
+    n_challenger = sum(loop.route(f"user-{i}").name == "cand" for i in range(n))
+    assert exp.traffic_fraction == 0.1
+    assert within_binomial(n_challenger, n, 0.1), n_challenger
+
+
+def test_no_unit_id_draws_at_random(routed) -> None:
+    loop, _ = routed
+    n = 5_000
+    n_challenger = sum(loop.route().name == "cand" for _ in range(n))
+    assert within_binomial(n_challenger, n, 0.1), n_challenger
+
+
+def test_a_new_experiment_reshuffles_units(routed, tmp_path, clock, make_loop) -> None:
+    loop, first = routed
+    units = [f"user-{i}" for i in range(10_000)]
+    before = {u for u in units if loop.route(u).name == "cand"}
+    loop.registry.register("cand2", reason="next candidate")
+    second = loop.experiments.start("base", "cand2")
+    assert first.seed != second.seed
+    assert loop.experiments.get(first.id).status == "ended"
+    worker = make_loop(tmp_path, clock, route_cache_s=60)  # a freshly started worker process
+    after = {u for u in units if worker.route(u).name == "cand2"}
+    assert within_binomial(len(after), 10_000, 0.1)
+    assert len(before & after) < 0.2 * len(before)  # ~10% overlap if independent, 100% if not
+
+
+def test_routing_sees_changes_at_once_with_no_cache(tmp_path, clock, make_loop) -> None:
+    loop = make_loop(tmp_path, clock)  # route_cache_s=0
+    assert loop.route("user-1").name == "base"
+    loop.registry.register("cand")
+    exp = loop.experiments.start("base", "cand", traffic_fraction=0.5)
+    arms = {loop.route(f"u{i}").name for i in range(100)}
+    assert arms == {"base", "cand"}
+    with loop.store.write() as conn:
+        loop.experiments.conclude(exp, Decision.STOP, conn=conn)
+    assert {loop.route(f"u{i}").name for i in range(100)} == {"base"}
+
+
+def test_start_rejects_a_bad_fraction(routed) -> None:
+    loop, _ = routed
+    for bad in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"traffic_fraction must be in \(0, 1\)"):
+            loop.experiments.start("base", "cand", traffic_fraction=bad)
+
+
+# ------------------------------------------------------------------ replay of real traffic
+@pytest.fixture
+def experiment_loop(tmp_path, clock, make_loop, trainer, alpaca, log_rows) -> ContinuousLearningLoop:
+    """A loop whose champion is Llama-3.2-3B and whose first retrain is under test since now."""
+    loop = make_loop(tmp_path, clock, train_fn=trainer, champion_model=CHAMPION, route_cache_s=60,
+                     trigger_config=NO_TRIGGERS, generator_config={"min_samples": 10, "include_existing_data": False})
+    seed_rows = [r for r in alpaca(CHAMPION) if r["preference"] > 1.7][:20]
+    clock.advance(hours=-1)  # training data from before the experiment: not counted in either arm
+    log_rows(loop, seed_rows, CHAMPION)
+    clock.advance(hours=1)
+    deployed = loop.run_iteration(manual=True)["retrain"]
+    assert deployed["status"] == "deployed" and deployed["model_version"] == CHALLENGER
+    assert loop.experiments.active().started_at == clock()
+    return loop
+
+
+@pytest.fixture
+def replay(clock: ManualClock) -> Callable[..., dict[str, int]]:
+    """``replay(loop, champion_rows, challenger_rows, n, hours, start=0)``: n routed requests over ``hours``."""
+
+    def run(loop: ContinuousLearningLoop, champion_rows: list[dict[str, Any]], challenger_rows: list[dict[str, Any]],
+            n: int, hours: float, start: int = 0) -> dict[str, int]:
+        served = {CHAMPION: 0, CHALLENGER: 0}
+        step = timedelta(hours=hours) / n
+        for i in range(start, start + n):
+            uid = f"user-{i}"
+            version = loop.route(uid)
+            row = (challenger_rows if version.name == CHALLENGER else champion_rows)[i % len(champion_rows)]
+            loop.log_usage(row["instruction"], row["output"], model=version.name, unit_id=uid,
+                           quality_score=row["preference"] - 1.0, latency_ms=250.0)
+            served[version.name] += 1
+            clock.advance(step)
+        assert loop.logger.flush(timeout_s=30)
+        return served
+
+    return run
+
+
+def test_truly_better_challenger_is_promoted_after_48_hours(experiment_loop, clock, alpaca, replay) -> None:
+    loop = experiment_loop
+    t0 = clock()
+    served = replay(loop, alpaca(CHAMPION), alpaca("FuseChat-Llama-3.1-8B"), 6000, hours=46)
+    assert within_binomial(served[CHALLENGER], 6000, 0.1)
+
+    clock.set(t0 + timedelta(hours=47))
+    early = loop.run_iteration()["experiment"]
+    assert early["decision"] == "continue"
+    assert early["reasons"] == ["minimum duration not reached: 47.0 h of 48 h"]
+    assert early["comparison"]["lift"] > 0.05  # the evidence is there; only the clock holds it back
+    assert loop.registry.champion().name == CHAMPION
+
+    clock.set(t0 + timedelta(hours=49))
+    result = loop.run_iteration()
+    ev = result["experiment"]
+    assert ev["decision"] == "promote", ev["reasons"]
+    assert ev["comparison"]["significant"] and ev["comparison"]["ci_low"] > 0
+    assert ev["challenger"]["mean"] == pytest.approx(0.633, abs=0.08)
+    assert ev["champion"]["mean"] == pytest.approx(0.513, abs=0.03)
+    assert ev["srm"]["mismatch"] is False
+    champion = loop.registry.champion()
+    assert champion.name == CHALLENGER
+    assert champion.history[-1]["action"] == "promote" and champion.history[-1]["prior_champion"] == CHAMPION
+    assert champion.history[-1]["evidence"]["decision"] == "promote"
+    assert loop.registry.get(CHAMPION).status is VersionStatus.RETIRED
+    assert loop.experiments.active() is None
+    assert loop.experiments.history(1)[0].decision == "promote"
+    assert loop.runs.get(1).status.value == "promoted"
+    assert {loop.route(f"user-{i}").name for i in range(500)} == {CHALLENGER}
+    assert loop.get_status_summary()["status"]["champion_model"] == CHALLENGER
+
+
+def test_no_promotion_before_min_samples_per_arm(experiment_loop, clock, alpaca, replay) -> None:
+    loop = experiment_loop
+    t0 = clock()
+    served = replay(loop, alpaca(CHAMPION), alpaca("FuseChat-Llama-3.1-8B"), 600, hours=40)
+    clock.set(t0 + timedelta(hours=49))
+    ev = loop.run_iteration()["experiment"]
+    assert ev["decision"] == "continue"
+    assert ev["reasons"] == [f"not enough samples: {served[CHALLENGER]} in the smaller arm, need 200 per arm"]
+    assert loop.registry.champion().name == CHAMPION
+    assert loop.experiments.active() is not None
+
+
+def test_a_a_experiment_is_not_promoted(experiment_loop, clock, alpaca, replay) -> None:
+    """The 'retrained' model answers exactly like the champion: looks every hour must never promote."""
+    loop = experiment_loop
+    t0 = clock()
+    same = alpaca(CHAMPION)
+    replay(loop, same, same, 4000, hours=46)
+    decisions = []
+    for look in range(6):
+        clock.set(t0 + timedelta(hours=49 + look))
+        replay(loop, same, same, 300, hours=0.5, start=4000 + 300 * look)
+        ev = loop.run_iteration()["experiment"]
+        decisions.append(ev["decision"])
+        assert abs(ev["comparison"]["lift"]) < 0.25
+    assert decisions == ["continue"] * 6
+    assert loop.registry.champion().name == CHAMPION
+    exp = loop.experiments.active()
+    assert exp.n_looks == 6 and exp.min_p_value is not None
+
+    clock.set(t0 + timedelta(hours=337))  # undecided past max_duration_hours: stop, champion stays
+    ev = loop.run_iteration()["experiment"]
+    assert ev["decision"] == "stop"
+    assert "maximum duration reached undecided" in ev["reasons"][-1]
+    assert loop.registry.champion().name == CHAMPION
+    assert loop.registry.get(CHALLENGER).status is VersionStatus.RETIRED
+
+
+def test_sample_ratio_mismatch_blocks_promotion(experiment_loop, clock, alpaca) -> None:
+    """Records attributed 70/30 although the experiment routes 90/10: the decision is invalid."""
+    loop = experiment_loop
+    t0 = clock()
+    champ_rows, chall_rows = alpaca(CHAMPION), alpaca("FuseChat-Llama-3.1-8B")
+    for i in range(2000):
+        to_challenger = i % 10 < 3
+        row = (chall_rows if to_challenger else champ_rows)[i % 805]
+        loop.log_usage(row["instruction"], row["output"], model=CHALLENGER if to_challenger else CHAMPION,
+                       quality_score=row["preference"] - 1.0, unit_id=f"user-{i}")
+        clock.advance(seconds=60)
+    loop.logger.flush()
+    clock.set(t0 + timedelta(hours=60))
+    ev = loop.run_iteration()["experiment"]
+    assert ev["decision"] == "invalid"
+    assert ev["srm"]["mismatch"] is True and ev["srm"]["observed"] == [1400, 600]
+    assert ev["reasons"][0].startswith("sample-ratio mismatch: served 1400/600 units vs configured 90%/10%")
+    assert loop.registry.champion().name == CHAMPION
+    assert loop.experiments.active() is not None  # kept running for someone to fix the routing
+    assert loop.experiments.active().last_evaluation["decision"] == "invalid"
+
+
+def test_significantly_worse_challenger_is_stopped_early(experiment_loop, clock, alpaca, replay) -> None:
+    loop = experiment_loop
+    t0 = clock()
+    replay(loop, alpaca(CHAMPION), alpaca("FuseChat-Llama-3.2-1B"), 4000, hours=10)
+    clock.set(t0 + timedelta(hours=11))  # long before the 48 h minimum
+    result = loop.run_iteration()
+    ev = result["experiment"]
+    assert ev["decision"] == "stop"
+    assert ev["reasons"][0].startswith("challenger significantly worse: lift -")
+    assert ev["comparison"]["lift"] < -0.2 and ev["comparison"]["ci_high"] < 0
+    assert loop.registry.champion().name == CHAMPION
+    retired = loop.registry.get(CHALLENGER)
+    assert retired.status is VersionStatus.RETIRED and retired.history[-1]["evidence"]["decision"] == "stop"
+    assert loop.experiments.active() is None
+    assert loop.experiments.history(1)[0].decision == "stop"
+    assert loop.runs.get(1).status.value == "rejected"
+    assert {loop.route(f"user-{i}").name for i in range(2000)} == {CHAMPION}
+
+
+def test_heavy_users_do_not_fake_a_sample_ratio_mismatch(experiment_loop, clock, alpaca) -> None:
+    """Routing is by user; a few very active users in the challenger arm is no routing bug.
+
+    The split is checked on units (distinct unit ids), which are what the router
+    assigns; requests per user are heavy-tailed in real traffic.
+    """
+    loop = experiment_loop
+    t0 = clock()
+    rows = alpaca(CHAMPION)
+    arms: dict[str, str] = {f"user-{u}": loop.route(f"user-{u}").name for u in range(3000)}
+    heavy = [u for u, arm in arms.items() if arm == CHALLENGER][:5]
+    i = 0
+    for uid, arm in arms.items():
+        for _ in range(150 if uid in heavy else 1):
+            row = rows[i % len(rows)]
+            loop.log_usage(row["instruction"], row["output"], model=loop.route(uid).name, unit_id=uid,
+                           quality_score=row["preference"] - 1.0)
+            i += 1
+    loop.logger.flush()
+    clock.set(t0 + timedelta(hours=49))
+    ev = loop.run_iteration()["experiment"]
+    n_challenger_units = sum(arm == CHALLENGER for arm in arms.values())
+    assert ev["srm"]["observed"] == [3000 - n_challenger_units, n_challenger_units]
+    assert ev["srm"]["mismatch"] is False
+    assert ev["decision"] != "invalid"

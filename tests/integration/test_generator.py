@@ -1,0 +1,264 @@
+"""TrainingDataGenerator on real stores: stage counts, dedup, exclusion, rehearsal mixing, output format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from afs_continuous import ManualClock, RehearsalBuffer, UsageLogger
+
+NO_TRIGGERS = {"min_new_samples": None, "schedule_interval_hours": None, "quality_drop_threshold": None}
+
+
+def log(logger: UsageLogger, query: str, response: str, quality: float | None, feedback: int | None) -> str:
+    rid = logger.log(query, response, "base", quality_score=quality)
+    if feedback is not None:
+        logger.record_feedback(rid, feedback)
+    return rid
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def user_text(sample: dict[str, Any]) -> str:
+    return next(m["content"] for m in sample["messages"] if m["role"] == "user")
+
+
+@pytest.fixture
+def staged(tmp_path, clock, make_loop, trainer):
+    """A store with one successful run (T1, T2 trained) and then a mix covering every filter."""
+    loop = make_loop(tmp_path, clock, enable_ab_testing=False, train_fn=trainer, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 2, "include_existing_data": False})
+    lg = loop.logger
+    log(lg, "Trained question one", "Trained answer one", 0.9, 1)
+    log(lg, "Trained question two", "Trained answer two", 0.9, 1)
+    lg.flush()
+    assert loop.run_iteration(manual=True)["retrain"]["status"] == "promoted"
+    clock.advance(seconds=1)
+    ids = {
+        "n1": log(lg, "New question one", "New answer one", 0.90, 1),
+        "n2": log(lg, "New question two", "New answer two", 0.80, 1),
+        "n3": log(lg, "New question three", "New answer three", 0.75, 1),
+        "low": log(lg, "Low quality question", "meh", 0.50, 1),
+        "neg": log(lg, "Disliked question", "wrong answer", 0.90, -1),
+        "unrated": log(lg, "Unrated question", "an answer", 0.90, None),
+        "dup_case": log(lg, "NEW QUESTION ONE", "NEW ANSWER ONE", 0.95, 1),
+        "dup_space": log(lg, "  new   question\tone ", "new answer\n one", 0.85, 1),
+        "retrained": log(lg, "trained question ONE", "trained answer one", 0.9, 1),
+        "blank": log(lg, "Blank answer question", " \n\t ", 0.9, 1),
+    }
+    lg.flush()
+    return loop, ids
+
+
+def test_every_stage_is_counted(staged) -> None:
+    loop, ids = staged
+    gen = loop.generator.generate(after=loop.triggers.state()["data_watermark"], name="stages")
+    # The watermark lies late_arrival_hours (24 h) before run 1, so run 1's two records are candidates
+    # again; their content is excluded as already trained.
+    assert gen.counts == {
+        "candidates": 12,
+        "after_quality": 10,  # low quality and whitespace-only answer removed
+        "after_feedback": 8,  # thumbs down and unrated removed
+        "after_dedup": 5,  # two variants of "new question one" folded into one; T1 and "trained question ONE" too
+        "after_exclude_trained": 3,  # T1, T2 (and so "trained question ONE") were used by run 1
+        "new_samples": 3,
+        "rehearsal_samples": 0,
+        "total": 3,
+    }
+    # highest quality first, and the dedup survivor is the best-scored variant
+    assert gen.record_ids == [ids["dup_case"], ids["n2"], ids["n3"]]
+    assert gen.output_path is not None and len(read_jsonl(gen.output_path)) == 3
+
+
+def test_dedup_survivors_are_the_same_on_a_rerun(staged) -> None:
+    loop, _ = staged
+    wm = loop.triggers.state()["data_watermark"]
+    first = loop.generator.generate(after=wm, name="a")
+    second = loop.generator.generate(after=wm, name="b")
+    assert first.record_ids == second.record_ids
+    assert first.output_path.read_bytes() == second.output_path.read_bytes()
+
+
+def test_max_samples_keeps_the_best(staged) -> None:
+    loop, ids = staged
+    loop.generator.config.max_samples = 2
+    gen = loop.generator.generate(after=loop.triggers.state()["data_watermark"], name="capped")
+    assert (gen.counts["after_exclude_trained"], gen.counts["new_samples"], gen.counts["total"]) == (3, 2, 2)
+    assert gen.record_ids == [ids["dup_case"], ids["n2"]]
+
+
+def test_records_used_by_an_earlier_run_are_excluded_even_without_the_watermark(staged) -> None:
+    loop, ids = staged
+    gen = loop.generator.generate(after=None, name="all")
+    assert gen.counts["candidates"] == 12
+    assert gen.counts["after_dedup"] == 5  # T1 (logged twice), T2, N1 (three variants), N2, N3
+    assert gen.counts["after_exclude_trained"] == 3
+    texts = {user_text(s) for s in read_jsonl(gen.output_path)}
+    assert not any(t.lower().startswith("trained") for t in texts)
+
+
+def test_a_failed_run_does_not_consume_its_records(tmp_path, clock, make_loop) -> None:
+    def broken(data_path: str) -> dict[str, Any]:
+        raise RuntimeError("CUDA out of memory")
+
+    loop = make_loop(tmp_path, clock, train_fn=broken, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 2, "include_existing_data": False})
+    for i in range(3):
+        log(loop.logger, f"q{i}", f"a{i}", 0.9, 1)
+    loop.logger.flush()
+    assert loop.run_iteration(manual=True)["retrain"]["status"] == "failed"
+    again = loop.generator.generate(after=loop.triggers.state()["data_watermark"], name="again")
+    assert again.counts["new_samples"] == 3
+
+
+def test_output_is_chat_jsonl(tmp_path, clock, make_loop, good_rows, log_rows) -> None:
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 5, "include_existing_data": False,
+                                       "system_prompt": "You are a helpful assistant."})
+    rows = good_rows[:20]
+    log_rows(loop, rows, "base")
+    gen = loop.generator.generate(after=None)
+    samples = read_jsonl(gen.output_path)
+    assert len(samples) == 20
+    by_instruction = {r["instruction"]: r["output"] for r in rows}
+    for s in samples:
+        assert list(s) == ["messages"]
+        roles = [m["role"] for m in s["messages"]]
+        assert roles == ["system", "user", "assistant"]
+        assert s["messages"][0]["content"] == "You are a helpful assistant."
+        assert by_instruction[s["messages"][1]["content"]] == s["messages"][2]["content"]
+
+
+@pytest.mark.parametrize("fmt", ["alpaca", "chat"])
+def test_rehearsal_mix_at_the_configured_fraction(tmp_path, clock, make_loop, alpaca, good_rows, log_rows, fmt) -> None:
+    old = alpaca("OpenHermes-2.5-Mistral-7B")[500:600]
+    buffer_path = tmp_path / f"rehearsal_{fmt}.jsonl"
+    with buffer_path.open("w", encoding="utf-8") as fh:
+        for r in old:
+            if fmt == "alpaca":
+                row: dict[str, Any] = {"instruction": r["instruction"], "input": "", "output": r["output"]}
+            else:
+                row = {"messages": [{"role": "user", "content": r["instruction"]},
+                                    {"role": "assistant", "content": r["output"]}]}
+            fh.write(json.dumps(row) + "\n")
+        fh.write("not json\n")
+        fh.write(json.dumps({"unrelated": 1}) + "\n")
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 5, "existing_data_path": str(buffer_path),
+                                       "rehearsal_fraction": 0.2})
+    assert len(loop.generator.rehearsal_buffer) == 100  # malformed lines skipped
+    log_rows(loop, good_rows[:40], "base")
+    gen = loop.generator.generate(after=None)
+    assert (gen.counts["new_samples"], gen.counts["rehearsal_samples"], gen.counts["total"]) == (40, 10, 50)
+    samples = read_jsonl(gen.output_path)
+    assert len(samples) == 50
+    old_instructions = {r["instruction"] for r in old}
+    from_buffer = [s for s in samples if user_text(s) in old_instructions]
+    assert len(from_buffer) == 10
+    assert len({user_text(s) for s in from_buffer}) == 10  # drawn without replacement
+    assert all([m["role"] for m in s["messages"]] == ["user", "assistant"] for s in samples)
+
+
+def test_rehearsal_smaller_than_wanted_uses_what_there_is(tmp_path, clock, make_loop, good_rows, log_rows) -> None:
+    buffer_path = tmp_path / "small.jsonl"
+    buffer_path.write_text("\n".join(json.dumps({"instruction": f"old {i}", "output": f"x {i}"}) for i in range(3)) + "\n",
+                           encoding="utf-8")
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 5, "existing_data_path": str(buffer_path)})
+    log_rows(loop, good_rows[:40], "base")
+    gen = loop.generator.generate(after=None)
+    assert (gen.counts["rehearsal_samples"], gen.counts["total"]) == (3, 43)
+
+
+def test_too_few_samples_writes_nothing_and_never_calls_train_fn(tmp_path, clock, make_loop, trainer, good_rows, log_rows) -> None:
+    loop = make_loop(tmp_path, clock, train_fn=trainer, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 10})
+    log_rows(loop, good_rows[:9], "base")
+    gen = loop.generator.generate(after=None, name="few")
+    assert gen.output_path is None
+    assert (gen.counts["new_samples"], gen.counts["total"]) == (9, 0)
+    assert not (tmp_path / "data" / "runs" / "few.jsonl").exists()
+
+    result = loop.run_iteration(manual=True)
+    assert result["retrain"]["status"] == "skipped"
+    assert result["retrain"]["reason"] == "only 9 new samples after filtering, need at least 10; train_fn not called"
+    assert result["retrain"]["data_path"] is None
+    assert trainer.calls == []
+    run = loop.runs.get(result["retrain"]["run_id"])
+    assert run.status.value == "skipped" and "train_fn not called" in run.error
+    assert loop.registry.champion().name == "base"
+
+
+def test_everything_filtered_out_is_skipped(tmp_path, clock, make_loop, trainer) -> None:
+    loop = make_loop(tmp_path, clock, train_fn=trainer, trigger_config=NO_TRIGGERS)
+    for i in range(30):
+        log(loop.logger, f"q{i}", f"a{i}", 0.2, -1)
+    loop.logger.flush()
+    result = loop.run_iteration(manual=True)
+    assert result["retrain"]["status"] == "skipped"
+    assert result["retrain"]["counts"]["after_quality"] == 0
+    assert trainer.calls == []
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_training_data_deleted_after_success_unless_kept(tmp_path, clock, make_loop, trainer, good_rows, log_rows, keep) -> None:
+    loop = make_loop(tmp_path, clock, train_fn=trainer, trigger_config=NO_TRIGGERS, keep_training_data=keep)
+    log_rows(loop, good_rows[:12], "base")
+    result = loop.run_iteration(manual=True)
+    assert result["retrain"]["status"] == "deployed"
+    data_path = Path(result["retrain"]["data_path"])
+    assert trainer.calls == [str(data_path)]
+    assert data_path.exists() is keep
+
+
+def test_rehearsal_buffer_grows_but_never_past_its_size(tmp_path, clock, make_loop, trainer, good_rows, log_rows) -> None:
+    loop = make_loop(tmp_path, clock, enable_ab_testing=False, train_fn=trainer, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 10, "rehearsal_buffer_size": 15, "rehearsal_fraction": 0.2})
+    buffer = loop.generator.rehearsal_buffer
+    sizes, rehearsal_counts = [], []
+    for cycle in range(5):
+        clock.advance(hours=1)
+        log_rows(loop, good_rows[cycle * 10:(cycle + 1) * 10], "base")
+        result = loop.run_iteration(manual=True)
+        assert result["retrain"]["status"] == "promoted", result["retrain"]
+        rehearsal_counts.append(result["retrain"]["counts"]["rehearsal_samples"])
+        sizes.append(len(buffer))
+    assert sizes == [10, 15, 15, 15, 15]
+    assert rehearsal_counts == [0, 2, 2, 2, 2]  # round(10 * 0.2 / 0.8) from the second cycle on
+    assert loop.store.get_state("rehearsal_n_seen") == 50
+    instructions = [user_text(s) for s in buffer.load()]
+    assert len(set(instructions)) == 15  # a sample, not copies
+    seen = {r["instruction"] for r in good_rows[:50]}
+    assert set(instructions) <= seen
+    # rehearsal samples were really in the training files
+    for samples in trainer.samples[1:]:
+        assert len(samples) == 12
+
+
+def test_reservoir_keeps_a_uniform_sample_of_history(tmp_path: Path) -> None:
+    """Algorithm R over 10 cycles of 10 items: each item ends up in the 10-slot buffer with probability 1/10."""
+    import random
+
+    hits = [0] * 100
+    trials = 100
+    for t in range(trials):
+        buf = RehearsalBuffer(tmp_path / f"b{t % 3}.jsonl", max_size=10)
+        buf.path.unlink(missing_ok=True)
+        n_seen = 0
+        rng = random.Random(t)
+        for cycle in range(10):
+            items = [{"messages": [{"role": "user", "content": str(cycle * 10 + i)}]} for i in range(10)]
+            n_seen = buf.add(items, n_seen=n_seen, rng=rng)
+        assert n_seen == 100
+        kept = buf.load()
+        assert len(kept) == 10
+        for s in kept:
+            hits[int(s["messages"][0]["content"])] += 1
+    # each cycle's 10 items hold ~100 of the 1000 kept samples (sd ~9.5); "keep the newest" gives 0 or 1000
+    per_cycle = [sum(hits[c * 10:(c + 1) * 10]) for c in range(10)]
+    assert all(60 <= n <= 140 for n in per_cycle), per_cycle

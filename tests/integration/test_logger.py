@@ -1,0 +1,348 @@
+"""UsageLogger against real SQLite files: validation, durability, feedback joins, odd text, exit."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from afs_continuous import (
+    DataGeneratorConfig,
+    LoggerConfig,
+    ManualClock,
+    Store,
+    StoreError,
+    TrainingDataGenerator,
+    UsageLogger,
+)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "usage.db"
+
+
+@pytest.fixture
+def logger(db: Path, clock: ManualClock):
+    lg = UsageLogger(db, clock=clock)
+    yield lg
+    lg.close()
+
+
+def count_rows(db: Path, table: str = "usage_records") -> int:
+    """Count rows with a separate plain sqlite3 connection (what another process sees)."""
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    finally:
+        con.close()
+
+
+def export_all(store: Store, data_dir: Path, clock: ManualClock) -> list[str]:
+    """Export every record as training JSONL (no filters) and return its raw lines."""
+    cfg = DataGeneratorConfig(min_quality_score=None, min_user_feedback=None, include_existing_data=False,
+                              deduplicate=False, min_samples=1)
+    result = TrainingDataGenerator(store, cfg, data_dir, clock=clock).generate(after=None)
+    assert result.output_path is not None
+    raw = result.output_path.read_bytes()
+    return raw.decode("utf-8").splitlines()  # strict: raises on invalid UTF-8
+
+
+def test_log_returns_a_hex_id_at_once_and_flush_commits(logger: UsageLogger, db: Path) -> None:
+    rid = logger.log("What is 65816 assembly?", "65816 is the CPU used in the SNES...", "nayru-v1", quality_score=0.85)
+    assert re.fullmatch(r"[0-9a-f]{32}", rid)
+    assert logger.flush(timeout_s=10) is True
+    assert count_rows(db) == 1
+    rec = logger.get_records()[0]
+    assert (rec["id"], rec["model"], rec["quality_score"], rec["feedback"]) == (rid, "nayru-v1", 0.85, None)
+
+
+def test_ids_are_unique(logger: UsageLogger) -> None:
+    ids = {logger.log(f"q{i}", "r", "m") for i in range(500)}
+    assert len(ids) == 500
+
+
+@pytest.mark.parametrize("value", [-1, 0, 1])
+def test_feedback_values_accepted(logger: UsageLogger, value: int) -> None:
+    rid = logger.log("q", "r", "m")
+    assert logger.record_feedback(rid, feedback=value) is True
+    assert logger.get_records()[0]["feedback"] == value
+
+
+@pytest.mark.parametrize("value", [7, 2, True, False, "up", "1", None, 0.5, 1.0])
+def test_invalid_feedback_rejected(logger: UsageLogger, db: Path, value: Any) -> None:
+    rid = logger.log("q", "r", "m")
+    with pytest.raises(ValueError, match=r"feedback must be -1, 0 or 1 \(int\), got"):
+        logger.record_feedback(rid, feedback=value)
+    logger.flush()
+    assert count_rows(db, "feedback_events") == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"quality_score": float("nan")}, "quality_score"),
+        ({"quality_score": float("inf")}, "quality_score"),
+        ({"quality_score": float("-inf")}, "quality_score"),
+        ({"quality_score": -0.5}, "quality_score"),
+        ({"quality_score": 1.5}, "quality_score"),
+        ({"quality_score": "0.9"}, "quality_score"),
+        ({"quality_score": True}, "quality_score"),
+        ({"latency_ms": -5}, "latency_ms"),
+        ({"latency_ms": float("nan")}, "latency_ms"),
+        ({"latency_ms": float("inf")}, "latency_ms"),
+    ],
+)
+def test_bad_numbers_rejected_naming_the_argument_and_nothing_stored(
+    logger: UsageLogger, db: Path, kwargs: dict[str, Any], name: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"^{name} must be"):
+        logger.log("q", "r", "m", **kwargs)
+    assert logger.get_statistics()["total"] == 0
+    assert count_rows(db) == 0
+
+
+def test_bad_model_and_text_types_rejected(logger: UsageLogger) -> None:
+    with pytest.raises(ValueError, match="model must be a non-empty str"):
+        logger.log("q", "r", "")
+    with pytest.raises(ValueError, match="query must be str"):
+        logger.log(None, "r", "m")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="response must be str"):
+        logger.log("q", 42, "m")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="record_id must be a non-empty str"):
+        logger.record_feedback("", 1)
+
+
+def test_boundary_values_accepted(logger: UsageLogger) -> None:
+    logger.log("q", "r", "m", quality_score=0, latency_ms=0)
+    logger.log("q", "r", "m", quality_score=1, latency_ms=0.0)
+    stats = logger.get_statistics()
+    assert stats["total"] == 2 and stats["n_scored"] == 2
+    assert stats["avg_quality_score"] == pytest.approx(0.5)
+
+
+def test_feedback_from_another_logger_before_the_record_is_committed(db: Path, clock: ManualClock) -> None:
+    """Process A logs; the record is still in A's queue when B records feedback; both join later."""
+    a = UsageLogger(db, clock=clock)
+    b = UsageLogger(db, clock=clock)
+    holder = sqlite3.connect(db, isolation_level=None, timeout=30)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock: A's writer waits
+        rid = a.log("Explain WAL mode", "Readers never block writers...", "m", quality_score=0.9)
+        assert b.record_feedback(rid, feedback=1) is False  # not in the store yet, stored anyway
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    assert a.flush(timeout_s=30) and b.flush(timeout_s=30)
+    rec = a.get_records()[0]
+    assert (rec["id"], rec["feedback"]) == (rid, 1)
+    assert a.get_statistics()["positive_feedback"] == 1
+    # and B sees A's committed record as known now
+    assert b.record_feedback(rid, feedback=1) is True
+    a.close()
+    b.close()
+
+
+def test_feedback_for_a_record_of_another_logger_instance(db: Path, clock: ManualClock) -> None:
+    a = UsageLogger(db, clock=clock)
+    rid = a.log("q", "r", "m")
+    a.close()
+    b = UsageLogger(db, clock=clock, durability="sync")
+    assert b.record_feedback(rid, -1) is True
+    assert b.get_records()[0]["feedback"] == -1
+    assert b.record_feedback("0" * 32, 1) is False  # unknown id: kept as an event, not an error
+    stats = b.get_statistics()
+    assert stats["with_feedback"] == 1  # the orphan event does not count as feedback on a record
+    b.close()
+
+
+def test_repeated_votes_latest_wins(logger: UsageLogger, clock: ManualClock) -> None:
+    rid = logger.log("q", "r", "m")
+    logger.record_feedback(rid, 1)
+    clock.advance(minutes=1)
+    logger.record_feedback(rid, -1)
+    assert logger.get_records()[0]["feedback"] == -1
+    stats = logger.get_statistics()
+    assert (stats["with_feedback"], stats["positive_feedback"], stats["negative_feedback"]) == (1, 0, 1)
+    logger.record_feedback(rid, 1)
+    assert logger.get_records()[0]["feedback"] == 1
+
+
+def test_sync_durability_commits_in_the_call(db: Path, clock: ManualClock) -> None:
+    lg = UsageLogger(db, clock=clock, config=LoggerConfig(durability="sync"))
+    rid = lg.log("q", "r", "m")
+    assert count_rows(db) == 1  # no flush, another connection already sees it
+    lg.record_feedback(rid, 1)
+    assert count_rows(db, "feedback_events") == 1
+    assert lg.writer_stats()["durability"] == "sync"
+    lg.close()
+
+
+ODD_TEXTS = {
+    "bytes": (b"caf\xc3\xa9 and a bad byte \xff", "caf\u00e9 and a bad byte \ufffd"),
+    "emoji": ("\U0001F600 \U0001F44D\U0001F3FD family \U0001F468\u200D\U0001F469\u200D\U0001F467", None),
+    "lone_surrogate": ("half a pair: \ud83d end", "half a pair: \ufffd end"),
+    "nul": ("before\x00after", "before\ufffdafter"),
+    "rtl": ("\u0645\u0631\u062d\u0628\u0627 \u05e9\u05dc\u05d5\u05dd \u202eevil\u202c", None),
+}
+
+
+@pytest.mark.parametrize("kind", list(ODD_TEXTS))
+def test_odd_text_stored_and_exported_as_valid_utf8(tmp_path: Path, db: Path, clock: ManualClock, kind: str) -> None:
+    text, stored = ODD_TEXTS[kind]
+    expected = stored if stored is not None else text
+    lg = UsageLogger(db, clock=clock)
+    lg.log(text, text, "m", quality_score=0.9)
+    lg.flush()
+    assert lg.writer_stats()["n_dropped"] == 0
+    rec = lg.get_records()[0]
+    assert rec["query"] == expected and rec["response"] == expected
+    lines = export_all(lg.store, tmp_path / "data", clock)
+    assert len(lines) == 1
+    messages = json.loads(lines[0])["messages"]
+    assert [m["content"] for m in messages] == [expected, expected]
+    lg.close()
+
+
+def test_over_long_response_is_truncated_flagged_and_never_trained(tmp_path: Path, db: Path, clock: ManualClock) -> None:
+    lg = UsageLogger(db, clock=clock, config=LoggerConfig(max_text_chars=100))
+    long_id = lg.log("short question", "x" * 5000, "m", quality_score=0.95)
+    ok_id = lg.log("another question", "a fine answer", "m", quality_score=0.95)
+    for rid in (long_id, ok_id):
+        lg.record_feedback(rid, 1)
+    recs = {r["id"]: r for r in lg.get_records()}
+    long = recs[long_id]
+    assert (long["truncated"], long["response_chars"], len(long["response"])) == (True, 5000, 100)
+    assert (long["query_chars"], long["query"]) == (14, "short question")
+    assert recs[ok_id]["truncated"] is False
+    cfg = DataGeneratorConfig(include_existing_data=False, min_samples=1)
+    result = TrainingDataGenerator(lg.store, cfg, tmp_path / "data", clock=clock).generate(after=None)
+    assert result.counts["candidates"] == 2
+    assert result.counts["after_quality"] == 1
+    assert result.record_ids == [ok_id]
+    lg.close()
+
+
+def test_get_statistics_keys_and_values(logger: UsageLogger, clock: ManualClock) -> None:
+    r1 = logger.log("q1", "r1", "a", quality_score=0.8, latency_ms=100)
+    r2 = logger.log("q2", "r2", "a", quality_score=0.4, latency_ms=300)
+    logger.log("q3", "r3", "b")
+    clock.advance(hours=1)
+    logger.log("q4", "r4", "b")
+    logger.record_feedback(r1, 1)
+    logger.record_feedback(r2, -1)
+    stats = logger.get_statistics()
+    expected_keys = {"total", "with_feedback", "positive_feedback", "negative_feedback", "feedback_rate",
+                     "positive_rate", "n_scored", "avg_quality_score", "avg_latency_ms", "by_model", "first_at",
+                     "last_at", "writer"}
+    assert expected_keys <= set(stats)
+    assert stats["total"] == 4
+    assert stats["feedback_rate"] == pytest.approx(0.5)
+    assert stats["avg_quality_score"] == pytest.approx(0.6)
+    assert stats["avg_latency_ms"] == pytest.approx(200)
+    assert stats["by_model"] == {"a": 2, "b": 2}
+    assert stats["first_at"] == "2026-01-01T00:00:00+00:00"
+    assert stats["last_at"] == "2026-01-01T01:00:00+00:00"
+    assert stats["writer"]["n_committed"] == 4 and stats["writer"]["n_dropped"] == 0
+    json.dumps(stats)  # JSON-serialisable, no NaN
+
+
+def test_statistics_of_an_empty_store(logger: UsageLogger) -> None:
+    stats = logger.get_statistics()
+    # 0.0 (not None) so the quick start's dashboard line `{avg_quality_score:.3f}` runs on an empty store
+    assert (stats["total"], stats["feedback_rate"], stats["avg_quality_score"], stats["n_scored"]) == (0, 0.0, 0.0, 0)
+
+
+def test_close_is_idempotent_and_later_calls_fail_clearly(logger: UsageLogger, db: Path) -> None:
+    logger.log("q", "r", "m")
+    assert logger.close() is True
+    assert logger.close() is True
+    assert count_rows(db) == 1
+    with pytest.raises(StoreError, match="this UsageLogger is closed"):
+        logger.log("q", "r", "m")
+    with pytest.raises(StoreError, match="this UsageLogger is closed"):
+        logger.record_feedback("0" * 32, 1)
+    assert logger.flush() is True
+
+
+def test_context_manager_commits(db: Path, clock: ManualClock) -> None:
+    with UsageLogger(db, clock=clock) as lg:
+        for i in range(50):
+            lg.log(f"q{i}", "r", "m")
+    assert count_rows(db) == 50
+
+
+def test_exit_without_close_commits_everything(tmp_path: Path, db: Path) -> None:
+    n = 2000
+    script = textwrap.dedent(f"""
+        import sys
+        from afs_continuous import LoggerConfig, UsageLogger
+        lg = UsageLogger(sys.argv[1], config=LoggerConfig(flush_interval_s=30, batch_size=50_000))
+        for i in range({n}):
+            rid = lg.log(f"question {{i}}", "answer", "m", quality_score=0.5)
+            if i % 10 == 0:
+                lg.record_feedback(rid, 1)
+        print("logged", flush=True)
+        # no close(), no flush(): atexit must commit
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, str(db)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "logged"
+    assert count_rows(db) == n
+    assert count_rows(db, "feedback_events") == n // 10
+    store = Store(str(db))
+    assert store.integrity_check() == "ok"
+    store.dispose()
+
+
+def test_integrity_check_ok_after_many_writers(db: Path, clock: ManualClock) -> None:
+    loggers = [UsageLogger(db, clock=clock) for _ in range(3)]
+    for i in range(300):
+        rid = loggers[i % 3].log(f"q{i}", "r", "m", quality_score=0.5)
+        loggers[(i + 1) % 3].record_feedback(rid, 1)
+    for lg in loggers:
+        lg.close()
+    assert count_rows(db) == 300
+    store = Store(str(db))
+    assert store.integrity_check() == "ok"
+    store.dispose()
+
+
+def test_not_a_database_file_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    path.write_bytes(b"this is not sqlite, it is a text file " * 200)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=r"cannot open the store at .*usage\.db.*left untouched"):
+        UsageLogger(path)
+    assert path.read_bytes() == before
+
+
+def test_huge_responses_do_not_pile_up_in_memory(db: Path, clock: ManualClock) -> None:
+    """20 distinct 5 MB responses queued while the store is locked: only the capped text is kept."""
+    import tracemalloc
+
+    lg = UsageLogger(db, clock=clock, config=LoggerConfig(max_text_chars=10_000))
+    holder = sqlite3.connect(db, isolation_level=None, timeout=30)
+    holder.execute("BEGIN IMMEDIATE")  # the writer cannot commit: everything stays queued
+    tracemalloc.start()
+    try:
+        for i in range(20):
+            lg.log(f"q{i}", str(i) * 5_000_000, "m", quality_score=0.5)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        holder.execute("COMMIT")
+        holder.close()
+    assert peak < 30_000_000, f"peak {peak / 1e6:.0f} MB for 20 x 5 MB responses"
+    recs = lg.get_records(limit=20)
+    assert len(recs) == 20
+    assert all(r["truncated"] and len(r["response"]) == 10_000 for r in recs)
+    assert {r["response_chars"] for r in recs} == {5_000_000, 10_000_000}
+    lg.close()

@@ -1,0 +1,374 @@
+"""ContinuousLearningLoop end to end on a real store: iterations, failures, restarts, the daemon loop, status."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from afs_continuous import ContinuousLearningLoop, RunStatus, UsageLogger, VersionStatus
+
+NO_TRIGGERS = {"min_new_samples": None, "schedule_interval_hours": None, "quality_drop_threshold": None}
+COUNT_5 = {"min_new_samples": 5, "schedule_interval_hours": None, "quality_drop_threshold": None}
+GEN = {"min_samples": 5, "include_existing_data": False}
+
+
+def log_good(target: Any, n: int, prefix: str = "q") -> list[str]:
+    logger: UsageLogger = target.logger if isinstance(target, ContinuousLearningLoop) else target
+    ids = []
+    for i in range(n):
+        rid = logger.log(f"{prefix} question {i}", f"{prefix} answer {i}", "base", quality_score=0.9, latency_ms=120.0)
+        logger.record_feedback(rid, 1)
+        ids.append(rid)
+    assert logger.flush(timeout_s=30)
+    return ids
+
+
+# ------------------------------------------------------------------ one iteration
+def test_iteration_result_keys(tmp_path, clock, make_loop, trainer) -> None:
+    loop = make_loop(tmp_path, clock, trigger_config=COUNT_5, generator_config=GEN)
+    quiet = loop.run_iteration(trainer)
+    assert set(quiet) == {"timestamp", "retrain_triggered", "experiment", "trigger"}
+    assert quiet["retrain_triggered"] is False and quiet["experiment"] is None
+    assert quiet["timestamp"] == clock().isoformat()
+
+    log_good(loop, 5)
+    result = loop.run_iteration(train_fn=trainer)  # the quick start's "Option 2"
+    assert result["retrain_triggered"] is True
+    retrain = result["retrain"]
+    assert retrain["status"] == "deployed"
+    assert {"run_id", "trigger", "counts", "data_path", "metrics", "model_version", "model_path",
+            "experiment_id", "dry_run"} <= set(retrain)
+    assert retrain["trigger"] == "sample_count" and retrain["model_version"] == "base-ft1"
+    assert retrain["metrics"] == {"model_path": retrain["model_path"], "loss": 1.0, "n_train": 5}
+    assert trainer.calls == [retrain["data_path"]]
+    version = loop.registry.get("base-ft1")
+    assert version.status is VersionStatus.CHALLENGER and version.path == retrain["model_path"]
+    assert version.parent == "base" and version.training_run_id == retrain["run_id"]
+    assert Path(version.path, "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize("error", [ValueError("bad learning rate"), MemoryError("CUDA out of memory"),
+                                   RuntimeError("NCCL timeout")])
+def test_train_fn_raising_fails_the_run_and_keeps_the_champion(tmp_path, clock, make_loop, trainer, error) -> None:
+    def broken(data_path: str) -> dict[str, Any]:
+        raise error
+
+    loop = make_loop(tmp_path, clock, trigger_config=COUNT_5, generator_config=GEN)
+    log_good(loop, 5)
+    result = loop.run_iteration(broken)
+    retrain = result["retrain"]
+    assert retrain["status"] == "failed"
+    assert retrain["error"] == f"{type(error).__name__}: {error}"
+    run = loop.runs.get(retrain["run_id"])
+    assert run.status is RunStatus.FAILED and run.finished_at == clock()
+    assert run.error.startswith(f"{type(error).__name__}: {error}")
+    assert "Traceback (most recent call last)" in run.error and "in broken" in run.error
+    assert loop.registry.champion().name == "base" and loop.registry.challenger() is None
+    assert [v.name for v in loop.registry.list()] == ["base"]
+    assert loop.experiments.active() is None
+    assert {loop.route(f"u{i}").name for i in range(50)} == {"base"}
+
+    # the loop keeps working: the next iteration runs (in cooldown), a manual one trains
+    clock.advance(hours=1)
+    nxt = loop.run_iteration(broken)
+    assert nxt["retrain_triggered"] is False and nxt["trigger"]["blocked_by"] == "cooldown"
+    again = loop.run_iteration(trainer, manual=True)
+    assert again["retrain"]["status"] == "deployed"
+    assert again["retrain"]["counts"]["new_samples"] == 5  # the failed run consumed nothing
+
+
+@pytest.mark.parametrize(
+    ("outcome", "message"),
+    [
+        (None, r"ValueError: train_fn must return a dict with 'model_path', got NoneType: None"),
+        ({}, r"ValueError: train_fn result has no 'model_path' \(keys: \[\]\)"),
+        ({"loss": 0.1}, r"ValueError: train_fn result has no 'model_path' \(keys: \['loss'\]\)"),
+        ({"model_path": ""}, r"ValueError: train_fn result has no 'model_path'"),
+        ({"model_path": 42}, r"ValueError: train_fn result has no 'model_path'"),
+        ("MISSING", r"ValueError: train_fn returned model_path '.*does-not-exist', which does not exist"),
+        ("CHAMPION", r"ValueError: train_fn returned the champion's own path '.*champion-weights/'; a new model must be saved elsewhere"),
+    ],
+)
+def test_unusable_train_fn_results_fail_with_a_specific_message(tmp_path, clock, make_loop, outcome, message) -> None:
+    champion_dir = tmp_path / "champion-weights"
+    champion_dir.mkdir()
+    if outcome == "MISSING":
+        outcome = {"model_path": str(tmp_path / "does-not-exist"), "loss": 0.3}
+    elif outcome == "CHAMPION":
+        outcome = {"model_path": str(champion_dir) + "/", "loss": 0.3}
+
+    def train_fn(data_path: str) -> Any:
+        return outcome
+
+    loop = make_loop(tmp_path, clock, champion_model_path=str(champion_dir), trigger_config=NO_TRIGGERS, generator_config=GEN)
+    log_good(loop, 5)
+    retrain = loop.run_iteration(train_fn, manual=True)["retrain"]
+    assert retrain["status"] == "failed"
+    assert re.match(message, retrain["error"]), retrain["error"]
+    assert re.match(message, loop.runs.get(retrain["run_id"]).error)
+    assert [v.name for v in loop.registry.list()] == ["base"]
+    assert loop.registry.champion().path == str(champion_dir)
+    assert loop.experiments.active() is None
+
+
+def test_hanging_train_fn_times_out(tmp_path, clock, make_loop) -> None:
+    release = threading.Event()
+
+    def hangs(data_path: str) -> dict[str, Any]:
+        release.wait(30)
+        return {"model_path": str(tmp_path)}
+
+    loop = make_loop(tmp_path, clock, training={"timeout_s": 0.2}, trigger_config=NO_TRIGGERS, generator_config=GEN)
+    log_good(loop, 5)
+    try:
+        retrain = loop.run_iteration(hangs, manual=True)["retrain"]
+    finally:
+        release.set()
+    assert retrain["status"] == "failed"
+    assert retrain["error"] == "TimeoutError: train_fn did not return within 0.2 s (training.timeout_s)"
+    assert loop.registry.challenger() is None
+
+
+def test_no_train_prepares_data_only(tmp_path, clock, make_loop, trainer) -> None:
+    loop = make_loop(tmp_path, clock, train_fn=trainer, trigger_config=NO_TRIGGERS, generator_config=GEN)
+    log_good(loop, 7)
+    retrain = loop.run_iteration(manual=True, no_train=True)["retrain"]
+    assert retrain["status"] == "data_ready"
+    assert Path(retrain["data_path"]).is_file()
+    assert len(Path(retrain["data_path"]).read_text(encoding="utf-8").splitlines()) == 7
+    assert trainer.calls == []
+    assert loop.runs.get(retrain["run_id"]).status is RunStatus.DATA_READY
+    assert [v.name for v in loop.registry.list()] == ["base"]
+
+
+def test_without_any_train_fn_the_run_is_data_ready(tmp_path, clock, make_loop) -> None:
+    loop = make_loop(tmp_path, clock, trigger_config=COUNT_5, generator_config=GEN)
+    log_good(loop, 5)
+    assert loop.run_iteration()["retrain"]["status"] == "data_ready"
+
+
+def test_dry_run_trains_but_deploys_nothing(tmp_path, clock, make_loop, trainer) -> None:
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS, generator_config=GEN)
+    log_good(loop, 5)
+    retrain = loop.run_iteration(trainer, manual=True, dry_run=True)["retrain"]
+    assert retrain["status"] == "dry_run" and len(trainer.calls) == 1
+    assert [v.name for v in loop.registry.list()] == ["base"]
+    assert loop.runs.count_trained() == 0
+    again = loop.run_iteration(trainer, manual=True)["retrain"]  # a dry run consumes no data
+    assert again["counts"]["new_samples"] == 5
+
+
+def test_without_ab_testing_the_new_model_becomes_champion(tmp_path, clock, make_loop, trainer) -> None:
+    loop = make_loop(tmp_path, clock, enable_ab_testing=False, trigger_config=COUNT_5, generator_config=GEN)
+    log_good(loop, 5)
+    retrain = loop.run_iteration(trainer)["retrain"]
+    assert retrain["status"] == "promoted" and "experiment_id" not in retrain
+    champion = loop.registry.champion()
+    assert champion.name == "base-ft1" and champion.path == retrain["model_path"]
+    assert champion.history[-1]["prior_champion"] == "base"
+    assert loop.registry.get("base").status is VersionStatus.RETIRED
+    assert loop.experiments.active() is None
+    assert {loop.route(f"u{i}").name for i in range(50)} == {"base-ft1"}
+    assert loop.get_status_summary()["status"]["total_retrains"] == 1
+    # and a rollback restores the base model at once
+    assert loop.rollback(reason="bad outputs").name == "base"
+    assert loop.route("u1").name == "base"
+
+
+def test_restart_continues_without_a_double_retrain(tmp_path, clock, make_loop, trainer) -> None:
+    kwargs = dict(enable_ab_testing=False, train_fn=trainer, trigger_config=COUNT_5, generator_config=GEN)
+    first = make_loop(tmp_path, clock, **kwargs)
+    log_good(first, 5)
+    assert first.run_iteration()["retrain"]["status"] == "promoted"
+    first.close()
+
+    clock.advance(minutes=10)
+    second = make_loop(tmp_path, clock, **kwargs)  # the daemon restarts on the same store
+    assert second.registry.champion().name == "base-ft1"
+    assert second.run_iteration()["retrain_triggered"] is False
+    clock.advance(hours=30)  # past the cooldown: the records are consumed (watermark + content)
+    result = second.run_iteration()
+    assert result["retrain_triggered"] is False
+    sample_count = next(c for c in result["trigger"]["checks"] if c["trigger"] == "sample_count")
+    assert sample_count["eligible_samples"] == 0
+    assert len(trainer.calls) == 1
+    log_good(second, 5, prefix="fresh")
+    assert second.run_iteration()["retrain"]["status"] == "promoted"
+    assert second.registry.champion().name == "base-ft2"
+
+
+def test_a_deployed_challenger_survives_restart_and_is_still_evaluated(tmp_path, clock, make_loop, trainer) -> None:
+    first = make_loop(tmp_path, clock, train_fn=trainer, trigger_config=COUNT_5, generator_config=GEN)
+    log_good(first, 5)
+    assert first.run_iteration()["retrain"]["status"] == "deployed"
+    first.close()
+    second = make_loop(tmp_path, clock, train_fn=trainer, trigger_config=COUNT_5, generator_config=GEN)
+    arms = {second.route(f"user-{i}").name for i in range(200)}
+    assert arms == {"base", "base-ft1"}
+    clock.advance(hours=2)
+    ev = second.run_iteration()["experiment"]
+    assert ev is not None and ev["decision"] == "continue" and ev["challenger"]["model"] == "base-ft1"
+
+
+def test_a_record_committed_late_is_not_lost(tmp_path, clock, make_loop, trainer) -> None:
+    loop = make_loop(tmp_path, clock, enable_ab_testing=False, train_fn=trainer,
+                     trigger_config={**COUNT_5, "cooldown_hours": 0}, generator_config=GEN)
+    log_good(loop, 5)
+    run_at = clock()
+    assert loop.run_iteration()["retrain"]["status"] == "promoted"
+    # a worker handed this record to its writer 0.3 s before the run; its batch committed just after
+    worker = UsageLogger(loop.store, clock=lambda: run_at - timedelta(seconds=0.3))
+    late = worker.log("late question", "late answer", "base", quality_score=0.9)
+    worker.record_feedback(late, 1)
+    worker.close()
+    clock.advance(minutes=5)
+    log_good(loop, 5, prefix="later")
+    assert loop.run_iteration()["retrain"]["status"] == "promoted"
+    trained = {m["content"] for s in trainer.samples[1] for m in s["messages"]}
+    assert "late question" in trained
+
+
+def test_ctrl_c_in_train_fn_does_not_leave_a_run_training(tmp_path, clock, make_loop) -> None:
+    def interrupted(data_path: str) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS, generator_config=GEN)
+    log_good(loop, 5)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_iteration(interrupted, manual=True)
+    assert loop.registry.champion().name == "base"
+    assert loop.runs.list()[0].status in (RunStatus.INTERRUPTED, RunStatus.FAILED)
+
+
+def test_a_replaced_challenger_run_is_reported_rejected(tmp_path, clock, make_loop, trainer) -> None:
+    loop = make_loop(tmp_path, clock, train_fn=trainer, trigger_config=NO_TRIGGERS, generator_config=GEN)
+    log_good(loop, 5, prefix="a")
+    assert loop.run_iteration(manual=True)["retrain"]["status"] == "deployed"
+    clock.advance(hours=1)
+    log_good(loop, 5, prefix="b")
+    assert loop.run_iteration(manual=True)["retrain"]["status"] == "deployed"
+    assert loop.registry.get("base-ft1").status is VersionStatus.RETIRED
+    assert loop.experiments.history()[1].decision == "stop"
+    assert loop.runs.get(1).status is RunStatus.REJECTED
+
+
+# ------------------------------------------------------------------ the daemon loop
+def test_run_loop_returns_the_number_of_iterations(tmp_path, clock, make_loop, trainer) -> None:
+    loop = make_loop(tmp_path, clock, check_interval_seconds=0.01, trigger_config=COUNT_5, generator_config=GEN)
+    log_good(loop, 5)
+    assert loop.run_loop(train_fn=trainer, max_iterations=3) == 3
+    assert len(trainer.calls) == 1  # iteration 1 trains; 2 and 3 see the challenger under test
+
+
+def test_run_loop_keeps_going_after_failed_runs(tmp_path, clock, make_loop) -> None:
+    def always_fails(data_path: str) -> Any:
+        raise KeyError("model_path")
+
+    loop = make_loop(tmp_path, clock, check_interval_seconds=0.01, trigger_config={**COUNT_5, "cooldown_hours": 0},
+                     generator_config=GEN)
+    log_good(loop, 5)
+    assert loop.run_loop(train_fn=always_fails, max_iterations=2) == 2
+    assert [r.status for r in loop.runs.list()] == [RunStatus.FAILED, RunStatus.FAILED]
+
+
+def test_stop_from_another_thread_ends_run_loop(tmp_path, clock, make_loop, trainer) -> None:
+    started = threading.Event()
+
+    def train_and_signal(data_path: str) -> dict[str, Any]:
+        started.set()
+        return trainer(data_path)
+
+    loop = make_loop(tmp_path, clock, check_interval_seconds=3600, trigger_config=COUNT_5, generator_config=GEN)
+    log_good(loop, 5)
+    returned: list[int] = []
+    thread = threading.Thread(target=lambda: returned.append(loop.run_loop(train_fn=train_and_signal)), daemon=True)
+    thread.start()
+    assert started.wait(30), "the first iteration never reached train_fn"
+    loop.stop()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "run_loop ignored stop() during its hour-long wait"
+    assert returned == [1]
+    assert loop.runs.list()[0].status is RunStatus.DEPLOYED
+
+
+def test_run_loop_marks_a_dead_process_run_interrupted(tmp_path, clock, make_loop) -> None:
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = loop.runs.create("sample_count", {"reason": "test"})
+    loop.runs.update(orphan, status=RunStatus.TRAINING, owner=f"{socket.gethostname()}:{dead.pid}")
+    alive = loop.runs.create("manual", {})  # owned by this (live) process: left alone
+    loop.runs.update(alive, status=RunStatus.TRAINING)
+    elsewhere = loop.runs.create("manual", {})  # another host: cannot tell, left alone
+    loop.runs.update(elsewhere, status=RunStatus.TRAINING, owner=f"other-host-{socket.gethostname()}:{dead.pid}")
+
+    assert loop.run_loop(max_iterations=1) == 1
+    run = loop.runs.get(orphan)
+    assert run.status is RunStatus.INTERRUPTED and run.finished_at == clock()
+    assert run.error == f"process {socket.gethostname()}:{dead.pid} stopped during the run; found at the next start"
+    assert loop.runs.get(alive).status is RunStatus.TRAINING
+    assert loop.runs.get(elsewhere).status is RunStatus.TRAINING
+
+
+# ------------------------------------------------------------------ status and the quick start
+def test_status_summary_has_the_quick_start_keys(tmp_path, clock, make_loop, trainer, good_rows, log_rows) -> None:
+    loop = make_loop(tmp_path, clock, train_fn=trainer, trigger_config={**COUNT_5, "min_new_samples": 20},
+                     generator_config=GEN)
+    rows = good_rows[:20]
+    log_rows(loop, rows, "base")
+    ids = [loop.log_usage("unrated q", "unrated a", model="base", quality_score=0.5) for _ in range(5)]
+    assert ids
+    assert loop.run_iteration()["retrain"]["status"] == "deployed"
+    summary = loop.get_status_summary()
+    usage, status = summary["usage_stats"], summary["status"]
+    assert usage["total"] == 25
+    assert usage["feedback_rate"] == pytest.approx(20 / 25)
+    assert usage["avg_quality_score"] == pytest.approx((sum(r["preference"] - 1 for r in rows) + 2.5) / 25)
+    assert status["total_retrains"] == 1
+    assert status["champion_model"] == "base"
+    assert status["challenger_model"] == "base-ft1" and status["challenger_traffic"] == 0.1
+    assert status["last_training_at"] == clock().isoformat()
+    assert status["cooldown_until"] == (clock() + timedelta(hours=24)).isoformat()
+    assert status["eligible_samples"] == 0 and status["min_new_samples"] == 20
+    assert summary["experiment"]["challenger"] == "base-ft1"
+    assert [r["status"] for r in summary["training_runs"]] == ["deployed"]
+    # the quick start's dashboard lines run as written
+    lines = [
+        f"Total usage: {summary['usage_stats']['total']}",
+        f"Feedback rate: {summary['usage_stats']['feedback_rate']*100:.1f}%",
+        f"Avg quality: {summary['usage_stats']['avg_quality_score']:.3f}",
+        f"Total retrains: {summary['status']['total_retrains']}",
+        f"Champion model: {summary['status']['champion_model']}",
+    ]
+    assert lines[0] == "Total usage: 25" and lines[1] == "Feedback rate: 80.0%" and lines[4] == "Champion model: base"
+
+
+def test_quick_start_integration_flow(tmp_path, clock, make_loop, trainer) -> None:
+    """The quick start's handler code, verbatim in spirit: route, log_usage, record_feedback, run_iteration."""
+    loop = make_loop(tmp_path, clock, trigger_config={**COUNT_5, "min_new_samples": 10}, generator_config=GEN)
+
+    def handle_query(query: str, user: str) -> tuple[str, str]:
+        version = loop.route(unit_id=user)
+        response = f"{version.name} says: {query[::-1]}"
+        record_id = loop.log_usage(query=query, response=response, model=version.name, latency_ms=12.5,
+                                   quality_score=0.9, unit_id=user)
+        return response, record_id
+
+    def handle_feedback(record_id: str, is_positive: bool) -> None:
+        loop.record_feedback(record_id, feedback=1 if is_positive else -1)
+
+    for i in range(12):
+        _, rid = handle_query(f"question number {i}", f"user-{i}")
+        handle_feedback(rid, is_positive=i % 6 != 0)
+    result = loop.run_iteration(train_fn=trainer)
+    assert result["retrain_triggered"]
+    assert f"Retrained! Status: {result['retrain']['status']}" == "Retrained! Status: deployed"
+    assert result["retrain"]["counts"]["new_samples"] == 10

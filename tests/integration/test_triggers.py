@@ -1,0 +1,315 @@
+"""Retraining triggers on real stores: sample count, schedule, quality drop, cooldown, manual, odd clocks."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from afs_continuous import (
+    DataGeneratorConfig,
+    ManualClock,
+    Store,
+    TriggerChecker,
+    TriggerConfig,
+    TriggerType,
+    UsageLogger,
+)
+
+START = datetime(2026, 1, 1, tzinfo=timezone.utc)  # the `clock` fixture's start
+
+
+def quality_of(row: dict[str, Any]) -> float:
+    return float(row["preference"]) - 1.0
+
+ONLY_SAMPLES = {"schedule_interval_hours": None, "quality_drop_threshold": None}
+ONLY_SCHEDULE = {"min_new_samples": None, "quality_drop_threshold": None}
+ONLY_QUALITY = {"min_new_samples": None, "schedule_interval_hours": None, "min_quality_samples": 100}
+
+
+def check_of(result: Any, trigger: TriggerType) -> Any:
+    return next(c for c in result.checks if c.trigger == trigger)
+
+
+def log_good(logger: UsageLogger, n: int, prefix: str = "good") -> list[str]:
+    ids = []
+    for i in range(n):
+        rid = logger.log(f"{prefix} question {i}?", f"{prefix} answer number {i}.", "base", quality_score=0.9)
+        logger.record_feedback(rid, 1)
+        ids.append(rid)
+    logger.flush()
+    return ids
+
+
+# ------------------------------------------------------------------ sample count
+def test_sample_count_counts_eligible_samples_only(tmp_path: Path, clock: ManualClock) -> None:
+    store = Store(str(tmp_path / "usage.db"))
+    lg = UsageLogger(store, clock=clock)
+    checker = TriggerChecker(store, TriggerConfig(min_new_samples=5, **ONLY_SAMPLES), DataGeneratorConfig(), clock=clock)
+
+    log_good(lg, 4)
+    for i in range(3):  # low quality, thumbs up
+        lg.record_feedback(lg.log(f"low {i}", "meh", "base", quality_score=0.5), 1)
+    for i in range(3):  # high quality, thumbs down
+        lg.record_feedback(lg.log(f"neg {i}", "wrong", "base", quality_score=0.9), -1)
+    for i in range(3):  # high quality, never rated
+        lg.log(f"unrated {i}", "fine", "base", quality_score=0.9)
+    for variant in ("GOOD question 0?", "  good   question 0? ", "good\tquestion\n0?"):  # duplicates of good #0
+        lg.record_feedback(lg.log(variant, "Good answer   number 0.", "base", quality_score=0.95), 1)
+    for blank in ("   ", "\n\t"):  # whitespace-only answers are never trained on
+        lg.record_feedback(lg.log("blank answer?", blank, "base", quality_score=0.9), 1)
+    up_then_down = lg.log("changed my mind", "answer", "base", quality_score=0.9)
+    lg.record_feedback(up_then_down, 1)
+    lg.record_feedback(up_then_down, -1)
+    lg.flush()
+
+    result = checker.check()
+    sc = check_of(result, TriggerType.SAMPLE_COUNT)
+    assert sc.details["eligible_samples"] == 4
+    assert (sc.fired, result.should_retrain) == (False, False)
+    assert sc.reason == "4 eligible samples < 5"
+
+    log_good(lg, 1, prefix="fifth")
+    result = checker.check()
+    assert result.should_retrain and result.trigger is TriggerType.SAMPLE_COUNT
+    assert check_of(result, TriggerType.SAMPLE_COUNT).details == {"eligible_samples": 5, "threshold": 5, "since": None}
+    lg.close()
+    store.dispose()
+
+
+def test_sample_count_matches_what_the_generator_would_use(tmp_path, clock, make_loop, trainer) -> None:
+    loop = make_loop(tmp_path, clock, trigger_config={"min_new_samples": 3, **ONLY_SAMPLES},
+                     generator_config={"min_samples": 3, "include_existing_data": False})
+    log_good(loop.logger, 3)
+    for blank in (" ", "\u3000\u00a0"):
+        loop.record_feedback(loop.log_usage("q?", blank, "base", quality_score=0.9), 1)
+    loop.logger.flush()
+    sc = check_of(loop.triggers.check(), TriggerType.SAMPLE_COUNT)
+    result = loop.run_iteration(trainer)
+    assert result["retrain_triggered"]
+    assert result["retrain"]["counts"]["new_samples"] == sc.details["eligible_samples"] == 3
+
+
+# ------------------------------------------------------------------ schedule
+def test_schedule_fires_after_the_interval_since_first_start_then_once_per_period(tmp_path, clock, make_loop) -> None:
+    loop = make_loop(tmp_path, clock, trigger_config=ONLY_SCHEDULE)
+    first = loop.run_iteration()
+    assert first["retrain_triggered"] is False  # a new store never retrains at once
+    sched = next(c for c in first["trigger"]["checks"] if c["trigger"] == "schedule")
+    assert (sched["fired"], sched["hours_since"], sched["interval_hours"]) == (False, 0.0, 168.0)
+
+    clock.advance(hours=167.9)
+    assert loop.run_iteration()["retrain_triggered"] is False
+    clock.advance(hours=0.1)
+    due = loop.run_iteration()
+    assert due["retrain_triggered"] is True
+    assert due["trigger"]["trigger"] == "schedule"
+    assert due["retrain"]["status"] == "skipped"  # nothing to train on, but the period is used up
+
+    for hours in (0.5, 1, 24, 100):
+        clock.set(START + timedelta(hours=168 + hours))
+        assert loop.run_iteration()["retrain_triggered"] is False, hours
+    clock.set(START + timedelta(hours=336))
+    again = loop.run_iteration()
+    assert again["retrain_triggered"] and again["trigger"]["trigger"] == "schedule"
+
+
+def test_schedule_reference_survives_restart(tmp_path, clock, make_loop) -> None:
+    make_loop(tmp_path, clock, trigger_config=ONLY_SCHEDULE).close()
+    clock.advance(hours=100)
+    loop = make_loop(tmp_path, clock, trigger_config=ONLY_SCHEDULE)  # restart: reference stays the first start
+    assert loop.get_status_summary()["status"]["first_start_at"] == START.isoformat()
+    assert loop.run_iteration()["retrain_triggered"] is False
+    clock.advance(hours=68)
+    assert loop.run_iteration()["retrain_triggered"] is True
+
+
+def test_checker_without_a_first_start_never_fires_the_schedule(tmp_path: Path, clock: ManualClock) -> None:
+    store = Store(str(tmp_path / "usage.db"))
+    checker = TriggerChecker(store, TriggerConfig(**ONLY_SCHEDULE), DataGeneratorConfig(), clock=clock)
+    clock.advance(hours=10_000)
+    assert check_of(checker.check(), TriggerType.SCHEDULE).fired is False
+    store.dispose()
+
+
+# ------------------------------------------------------------------ quality drop
+def _quality_loop(tmp_path, clock, make_loop, **trigger: Any):
+    return make_loop(tmp_path, clock, trigger_config={**ONLY_QUALITY, **trigger})
+
+
+def test_quality_drop_fires_on_real_degradation(tmp_path, clock, make_loop, alpaca, log_rows) -> None:
+    """Baseline week served by Llama-3.1-8B, then a day served by Llama-3.2-1B (real judged answers)."""
+    loop = _quality_loop(tmp_path, clock, make_loop)
+    strong, weak = alpaca("FuseChat-Llama-3.1-8B")[:120], alpaca("FuseChat-Llama-3.2-1B")[120:240]
+    clock.advance(hours=1)
+    log_rows(loop, strong, "base", feedback=False)
+    clock.set(START + timedelta(hours=150))
+    log_rows(loop, weak, "base", feedback=False)
+    clock.set(START + timedelta(hours=160))
+    result = loop.triggers.check()
+    qd = check_of(result, TriggerType.QUALITY_DROP)
+    base_mean = sum(map(quality_of, strong)) / 120
+    recent_mean = sum(map(quality_of, weak)) / 120
+    assert (qd.details["baseline_n"], qd.details["recent_n"]) == (120, 120)
+    assert qd.details["baseline_mean"] == pytest.approx(base_mean)
+    assert qd.details["recent_mean"] == pytest.approx(recent_mean)
+    assert qd.details["drop"] == pytest.approx((base_mean - recent_mean) / base_mean)
+    assert qd.details["drop"] >= 0.10
+    assert qd.fired and result.should_retrain and result.trigger is TriggerType.QUALITY_DROP
+
+
+def _log_scores(logger: UsageLogger, scores: list[float]) -> None:
+    for i, s in enumerate(scores):
+        logger.log(f"q{i}", f"r{i}", "base", quality_score=s)
+    logger.flush()
+
+
+@pytest.mark.parametrize(("baseline", "recent", "fires"), [(0.8, 0.76, False), (0.8, 0.70, True), (1.0, 0.9, True), (0.8, 0.72, True)])
+def test_quality_drop_threshold_is_inclusive(tmp_path, clock, make_loop, baseline, recent, fires) -> None:
+    loop = _quality_loop(tmp_path, clock, make_loop)
+    clock.advance(hours=1)
+    _log_scores(loop.logger, [baseline] * 100)
+    clock.set(START + timedelta(hours=150))
+    _log_scores(loop.logger, [recent] * 100)
+    clock.set(START + timedelta(hours=160))
+    assert check_of(loop.triggers.check(), TriggerType.QUALITY_DROP).fired is fires
+
+
+def test_quality_drop_needs_enough_samples(tmp_path, clock, make_loop, alpaca, log_rows) -> None:
+    loop = _quality_loop(tmp_path, clock, make_loop)
+    clock.advance(hours=1)
+    log_rows(loop, alpaca("FuseChat-Llama-3.1-8B")[:150], "base", feedback=False)
+    clock.set(START + timedelta(hours=150))
+    _log_scores(loop.logger, [0.0, 0.0, 0.0])  # three terrible answers: a 100% drop on 3 records
+    clock.set(START + timedelta(hours=160))
+    qd = check_of(loop.triggers.check(), TriggerType.QUALITY_DROP)
+    assert qd.fired is False
+    assert qd.details["recent_n"] == 3 and qd.details["recent_mean"] == 0.0
+    assert "too few scored records (recent 3, baseline 150; need 100 each)" in qd.reason
+
+
+# ------------------------------------------------------------------ cooldown and manual
+def _trained_loop(tmp_path, clock, make_loop, trainer):
+    loop = make_loop(tmp_path, clock, enable_ab_testing=False, train_fn=trainer,
+                     trigger_config={"min_new_samples": 5, **ONLY_SAMPLES},
+                     generator_config={"min_samples": 5, "include_existing_data": False})
+    log_good(loop.logger, 5, prefix="first")
+    result = loop.run_iteration()
+    assert result["retrain"]["status"] == "promoted"
+    return loop
+
+
+def test_cooldown_blocks_and_survives_a_restart(tmp_path, clock, make_loop, trainer) -> None:
+    loop = _trained_loop(tmp_path, clock, make_loop, trainer)
+    loop.close()
+    clock.advance(hours=1)
+    restarted = make_loop(tmp_path, clock, enable_ab_testing=False, train_fn=trainer,
+                          trigger_config={"min_new_samples": 5, **ONLY_SAMPLES},
+                          generator_config={"min_samples": 5, "include_existing_data": False})
+    log_good(restarted.logger, 5, prefix="second")
+    blocked = restarted.run_iteration()
+    assert blocked["retrain_triggered"] is False
+    assert blocked["trigger"]["blocked_by"] == "cooldown"
+    assert blocked["trigger"]["trigger"] == "sample_count"
+    assert blocked["trigger"]["cooldown_remaining_s"] == pytest.approx(23 * 3600)
+    assert "in cooldown for another 23.0 h" in blocked["trigger"]["reason"]
+    clock.advance(hours=22.9)
+    assert restarted.run_iteration()["retrain_triggered"] is False
+    clock.advance(hours=0.1)
+    after = restarted.run_iteration()
+    assert after["retrain_triggered"] is True and after["retrain"]["status"] == "promoted"
+    assert len(trainer.calls) == 2
+
+
+def test_manual_trigger_bypasses_cooldown(tmp_path, clock, make_loop, trainer) -> None:
+    loop = _trained_loop(tmp_path, clock, make_loop, trainer)
+    clock.advance(minutes=5)
+    log_good(loop.logger, 5, prefix="more")
+    assert loop.run_iteration()["trigger"]["blocked_by"] == "cooldown"
+    manual = loop.run_iteration(manual=True)
+    assert manual["retrain_triggered"] is True
+    assert manual["trigger"]["trigger"] == "manual"
+    assert manual["trigger"]["blocked_by"] is None
+    assert manual["retrain"]["status"] == "promoted"
+
+
+def test_cooldown_with_the_clock_stepped_back_or_forward(tmp_path, clock, make_loop, trainer) -> None:
+    loop = _trained_loop(tmp_path, clock, make_loop, trainer)
+    cooldown_s = 24 * 3600
+    for step in (-1, -48, +5, +1000):
+        clock.set(START + timedelta(hours=step))
+        remaining = loop.triggers.check().cooldown_remaining_s
+        assert 0.0 <= remaining <= cooldown_s, (step, remaining)
+    clock.set(START - timedelta(hours=1))
+    assert loop.triggers.check().cooldown_remaining_s == cooldown_s
+    clock.set(START + timedelta(hours=5))
+    assert loop.triggers.check().cooldown_remaining_s == pytest.approx(19 * 3600)
+    clock.set(START + timedelta(days=30))
+    assert loop.triggers.check().cooldown_remaining_s == 0.0
+    assert loop.get_status_summary()["status"]["cooldown_until"] is None
+
+
+def test_zero_cooldown_is_honoured(tmp_path, clock, make_loop, trainer) -> None:
+    loop = make_loop(tmp_path, clock, enable_ab_testing=False, train_fn=trainer,
+                     trigger_config={"min_new_samples": 2, "cooldown_hours": 0, **ONLY_SAMPLES},
+                     generator_config={"min_samples": 2, "include_existing_data": False})
+    log_good(loop.logger, 2, prefix="a")
+    assert loop.run_iteration()["retrain"]["status"] == "promoted"
+    clock.advance(seconds=1)  # records stamped at the very instant of the last run are not "new"
+    log_good(loop.logger, 2, prefix="b")
+    assert loop.run_iteration()["retrain"]["status"] == "promoted"
+
+
+# ------------------------------------------------------------------ time edge cases
+def test_records_stamped_in_the_future_do_not_count(tmp_path, clock, make_loop) -> None:
+    loop = make_loop(tmp_path, clock, trigger_config={"min_new_samples": 3, "schedule_interval_hours": None,
+                                                      "quality_drop_threshold": 0.1, "min_quality_samples": 3})
+    clock.set(START + timedelta(hours=48))  # a host with a clock two days ahead
+    log_good(loop.logger, 5, prefix="future")
+    _log_scores(loop.logger, [0.0] * 5)
+    clock.set(START)
+    result = loop.triggers.check()
+    assert check_of(result, TriggerType.SAMPLE_COUNT).details["eligible_samples"] == 0
+    assert check_of(result, TriggerType.QUALITY_DROP).details["recent_n"] == 0
+    assert result.should_retrain is False
+    clock.set(START + timedelta(hours=48))
+    assert check_of(loop.triggers.check(), TriggerType.SAMPLE_COUNT).details["eligible_samples"] == 5
+
+
+def test_every_check_carries_its_numbers(tmp_path, clock, make_loop) -> None:
+    loop = make_loop(tmp_path, clock)
+    log_good(loop.logger, 3)
+    d = loop.triggers.check(manual=True).to_dict()
+    assert d["should_retrain"] is True and d["trigger"] == "manual"
+    checks = {c["trigger"]: c for c in d["checks"]}
+    assert set(checks) == {"manual", "quality_drop", "sample_count", "schedule"}
+    assert {"eligible_samples", "threshold", "since", "fired", "reason"} <= set(checks["sample_count"])
+    assert checks["sample_count"]["eligible_samples"] == 3 and checks["sample_count"]["threshold"] == 1000
+    assert {"hours_since", "interval_hours", "reference"} <= set(checks["schedule"])
+    assert {"recent_mean", "recent_n", "baseline_mean", "baseline_n", "drop", "threshold", "min_samples"} <= set(checks["quality_drop"])
+    assert d["checked_at"] == START.isoformat()
+
+
+def test_disabled_triggers_say_so(tmp_path, clock, make_loop) -> None:
+    loop = make_loop(tmp_path, clock, trigger_config={"min_new_samples": None, "schedule_interval_hours": None,
+                                                      "quality_drop_threshold": None})
+    log_good(loop.logger, 3)
+    clock.advance(days=365)
+    result = loop.triggers.check()
+    assert result.should_retrain is False
+    assert {c.trigger: c.reason for c in result.checks} == {
+        TriggerType.QUALITY_DROP: "disabled", TriggerType.SAMPLE_COUNT: "disabled", TriggerType.SCHEDULE: "disabled"}
+
+
+def test_running_experiment_blocks_automatic_retraining(tmp_path, clock, make_loop, trainer) -> None:
+    loop = make_loop(tmp_path, clock, train_fn=trainer, trigger_config={"min_new_samples": 3, **ONLY_SAMPLES},
+                     generator_config={"min_samples": 3, "include_existing_data": False})
+    log_good(loop.logger, 3, prefix="a")
+    assert loop.run_iteration()["retrain"]["status"] == "deployed"
+    clock.advance(hours=30)  # past the cooldown, challenger still under test
+    log_good(loop.logger, 3, prefix="b")
+    result = loop.run_iteration()
+    assert result["retrain_triggered"] is False
+    assert result["trigger"]["blocked_by"] == "challenger 'base-ft1' is still under test"

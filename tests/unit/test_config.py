@@ -1,0 +1,191 @@
+"""Configuration: defaults, the seed's config.json, validation messages, environment and precedence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from afs_continuous import (
+    ABTestConfig,
+    ConfigError,
+    DataGeneratorConfig,
+    Durability,
+    LoopConfig,
+    PrimaryMetric,
+    TriggerConfig,
+    load_config,
+)
+from afs_continuous.errors import AfsContinuousError
+
+# The "Configuration" block of the quick start, verbatim.
+SEED_CONFIG_JSON = """\
+{
+  "check_interval_seconds": 3600,
+  "trigger_config": {
+    "min_new_samples": 1000,
+    "schedule_interval_hours": 168
+  },
+  "generator_config": {
+    "min_quality_score": 0.7,
+    "min_user_feedback": 1
+  },
+  "ab_test_config": {
+    "initial_challenger_traffic": 0.1,
+    "promotion_threshold": 0.05
+  }
+}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "config.json") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_match_the_quick_start() -> None:
+    cfg = LoopConfig()
+    assert cfg.check_interval_seconds == 3600
+    assert cfg.enable_ab_testing is True
+    t = cfg.trigger_config
+    assert (t.min_new_samples, t.schedule_interval_hours, t.quality_drop_threshold, t.cooldown_hours) == (1000, 168, 0.10, 24)
+    g = cfg.generator_config
+    assert (g.min_quality_score, g.min_user_feedback, g.deduplicate) == (0.7, 1, True)
+    a = cfg.ab_test_config
+    assert (a.initial_challenger_traffic, a.promotion_threshold, a.min_duration_hours) == (0.1, 0.05, 48)
+    assert a.primary_metric is PrimaryMetric.QUALITY_SCORE
+    assert cfg.logger_config.durability is Durability.ASYNC
+    assert cfg.store_url.startswith("sqlite:///") and "~" not in cfg.store_url
+
+
+def test_seed_config_json_loads_every_key(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, SEED_CONFIG_JSON), env={})
+    raw = json.loads(SEED_CONFIG_JSON)
+    assert cfg.check_interval_seconds == raw["check_interval_seconds"]
+    for section in ("trigger_config", "generator_config", "ab_test_config"):
+        for key, value in raw[section].items():
+            assert getattr(getattr(cfg, section), key) == value, f"{section}.{key}"
+
+
+def test_json_round_trip(tmp_path: Path) -> None:
+    cfg = LoopConfig(trigger_config=TriggerConfig(min_new_samples=7, cooldown_hours=0))
+    again = load_config(write(tmp_path, cfg.to_json()), env={})
+    assert again == cfg
+    assert again.trigger_config.cooldown_hours == 0  # 0 is a value, not "use the default"
+
+
+@pytest.mark.parametrize(
+    ("data", "pattern"),
+    [
+        ({"trigger_config": {"min_new_sampels": 5}}, r"trigger_config\.min_new_sampels: unknown key \(did you mean 'min_new_samples'\?\)"),
+        ({"check_interval_second": 60}, r"check_interval_second: unknown key \(did you mean 'check_interval_seconds'\?\)"),
+        ({"ab_test_config": {"promotion_treshold": 0.1}}, r"ab_test_config\.promotion_treshold: unknown key \(did you mean 'promotion_threshold'\?\)"),
+        ({"trigger_cofig": {"min_new_samples": 5}}, r"trigger_cofig: unknown key \(did you mean 'trigger_config'\?\)"),
+    ],
+)
+def test_unknown_key_names_the_path_and_suggests_the_fix(data: dict, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        LoopConfig.model_validate(data)
+
+
+def test_unknown_key_without_close_match_has_no_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"generator_config\.zzzz: unknown key$"):
+        LoopConfig.model_validate({"generator_config": {"zzzz": 1}})
+
+
+@pytest.mark.parametrize(
+    ("data", "pattern"),
+    [
+        ({"check_interval_seconds": "hourly"}, r"check_interval_seconds: .*'hourly'"),
+        ({"trigger_config": {"min_new_samples": "lots"}}, r"trigger_config\.min_new_samples: .*'lots'"),
+        ({"trigger_config": {"cooldown_hours": -1}}, r"trigger_config\.cooldown_hours: .*greater than or equal to 0.*-1"),
+        ({"ab_test_config": {"initial_challenger_traffic": 1.5}}, r"ab_test_config\.initial_challenger_traffic: .*less than 1.*1\.5"),
+        ({"ab_test_config": {"initial_challenger_traffic": 10}}, r"ab_test_config\.initial_challenger_traffic"),
+        ({"ab_test_config": {"primary_metric": "accuracy"}}, r"ab_test_config\.primary_metric"),
+        ({"generator_config": {"min_user_feedback": 2}}, r"generator_config\.min_user_feedback"),
+        ({"trigger_config": {"min_new_samples": 0}}, r"trigger_config\.min_new_samples"),
+        ({"database_url": "/var/lib/usage.db"}, r"database_url must be a SQLAlchemy URL"),
+        ({"trigger_config": 5}, r"trigger_config"),
+    ],
+)
+def test_bad_values_raise_config_error_naming_the_key(data: dict, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        LoopConfig.model_validate(data)
+
+
+def test_constructor_and_assignment_validate_too() -> None:
+    with pytest.raises(ConfigError, match=r"cooldown_hours.*-3"):
+        TriggerConfig(cooldown_hours=-3)
+    with pytest.raises(ConfigError, match=r"initial_challenger_traffic.*1\.5"):
+        LoopConfig(ab_test_config=ABTestConfig(initial_challenger_traffic=1.5))
+    cfg = DataGeneratorConfig()
+    with pytest.raises(ConfigError, match=r"rehearsal_fraction"):
+        cfg.rehearsal_fraction = 1.0
+    assert cfg.rehearsal_fraction == 0.2
+
+
+def test_config_error_is_a_value_error_and_ours() -> None:
+    assert issubclass(ConfigError, ValueError)
+    assert issubclass(ConfigError, AfsContinuousError)
+    with pytest.raises(ValueError, match="cooldown_hours"):
+        load_config(None, env={}, overrides={"trigger_config": {"cooldown_hours": -1}})
+
+
+def test_malformed_json_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '{\n  "check_interval_seconds": 3600,\n  "trigger_config": {\n    "min_new_samples": 10,\n  }\n}\n')
+    with pytest.raises(ConfigError, match=r"config\.json: not valid JSON at line 5 column"):
+        load_config(path, env={})
+
+
+def test_missing_file_and_non_object_top_level(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config file not found: .*nope\.json"):
+        load_config(tmp_path / "nope.json", env={})
+    with pytest.raises(ConfigError, match=r"top level must be a JSON object, got list"):
+        load_config(write(tmp_path, "[1, 2]"), env={})
+
+
+def test_env_override_of_a_nested_key() -> None:
+    cfg = load_config(None, env={"AFS_CONTINUOUS_TRIGGER_CONFIG__MIN_NEW_SAMPLES": "500"})
+    assert cfg.trigger_config.min_new_samples == 500
+    cfg = load_config(None, env={"AFS_CONTINUOUS_TRIGGER_CONFIG__COOLDOWN_HOURS": "0",
+                                 "AFS_CONTINUOUS_ENABLE_AB_TESTING": "false",
+                                 "AFS_CONTINUOUS_DB_PATH": "/tmp/x/usage.db",
+                                 "AFS_CONTINUOUS_TRIGGER_CONFIG__SCHEDULE_INTERVAL_HOURS": "null",
+                                 "UNRELATED_VAR": "1"})
+    assert cfg.trigger_config.cooldown_hours == 0
+    assert cfg.enable_ab_testing is False
+    assert cfg.db_path == "/tmp/x/usage.db"
+    assert cfg.trigger_config.schedule_interval_hours is None
+
+
+def test_env_override_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AFS_CONTINUOUS_TRIGGER_CONFIG__MIN_NEW_SAMPLES", "321")
+    assert load_config().trigger_config.min_new_samples == 321
+
+
+@pytest.mark.parametrize(
+    ("env", "pattern"),
+    [
+        ({"AFS_CONTINUOUS_TRIGGER_CONFIG__MIN_NEW_SAMPLES": "lots"}, r"trigger_config\.min_new_samples: .*'lots'"),
+        ({"AFS_CONTINUOUS_TRIGGER_CONFIG__MIN_NEW_SAMPELS": "5"}, r"trigger_config\.min_new_sampels: unknown key \(did you mean 'min_new_samples'\?\)"),
+        ({"AFS_CONTINUOUS_AB_TEST_CONFIG__INITIAL_CHALLENGER_TRAFFIC": "1.5"}, r"initial_challenger_traffic"),
+    ],
+)
+def test_bad_env_override_is_a_config_error(env: dict, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, env=env)
+
+
+def test_precedence_overrides_then_env_then_file_then_default(tmp_path: Path) -> None:
+    path = write(tmp_path, json.dumps({"trigger_config": {"min_new_samples": 1000, "cooldown_hours": 12}}))
+    env = {"AFS_CONTINUOUS_TRIGGER_CONFIG__MIN_NEW_SAMPLES": "500"}
+    assert load_config(path, env={}).trigger_config.min_new_samples == 1000
+    from_env = load_config(path, env=env)
+    assert from_env.trigger_config.min_new_samples == 500
+    assert from_env.trigger_config.cooldown_hours == 12  # a sibling key from the file survives the env merge
+    assert from_env.trigger_config.schedule_interval_hours == 168  # default
+    top = load_config(path, env=env, overrides={"trigger_config": {"min_new_samples": 200}})
+    assert top.trigger_config.min_new_samples == 200
+    assert top.trigger_config.cooldown_hours == 12
