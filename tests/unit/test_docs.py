@@ -1,0 +1,36 @@
+"""Docs that must match the code."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_configuration_reference_is_generated_from_the_code():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_config_docs.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_config_example_loads_and_covers_every_key():
+    from afs_continuous import LoopConfig, load_config
+
+    cfg = load_config(ROOT / "config.example.json", env={})
+    assert cfg == LoopConfig(db_path=cfg.db_path)
+    import json
+
+    data = json.loads((ROOT / "config.example.json").read_text())
+    for section in ("trigger_config", "generator_config", "ab_test_config", "logger_config", "training"):
+        assert set(data[section]) == set(type(getattr(cfg, section)).model_fields), section
+
+
+def test_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Quick start.*?```bash\n(.*?)```", readme, flags=re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+    assert commands == ["bash scripts/dev.sh demo", "bash scripts/dev.sh test"]
+    assert "bash scripts/dev.sh test" in (ROOT / ".ci" / "run").read_text()
