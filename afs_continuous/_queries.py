@@ -169,41 +169,60 @@ def _as_dt(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value))
 
 
+#: Metrics aggregated per unit for experiments: name -> (value expression on the per-record row, counted-when)
+ARM_METRICS = ("quality", "positive", "negative", "latency")
+
+
 def arm_aggregates(conn: Connection, model: str, start: datetime, end: datetime) -> dict[str, Any]:
-    """Streamable sums of one arm's records in ``[start, end]``.
+    """Per-unit sums of one arm's records in ``[start, end]`` (one SQL statement).
+
+    Records are grouped by unit (``unit_id``; a record without one is its own
+    unit). For each metric -- ``quality`` (quality_score), ``positive`` and
+    ``negative`` (latest feedback +1 / -1 among rated records), ``latency``
+    (latency_ms) -- every unit contributes ``S_u`` (sum of its values) and
+    ``M_u`` (number of values), and the result holds the sums over units needed
+    by :meth:`afs_continuous.stats.ArmSummary.from_unit_sums`.
 
     Returns:
-        ``{"n_served", "n_scored", "sum_quality", "sum_quality_sq", "n_rated",
-        "n_positive", "n_negative", "n_latency", "sum_latency_ms", "sum_latency_sq",
-        "n_units"}``. ``n_units`` counts distinct unit ids (a record without a
-        unit id counts as its own unit): the units the router assigned, which
-        is what a sample-ratio check must compare (requests per unit are
-        heavy-tailed, so request counts are not binomial).
+        ``{"n_served": records, "n_units": units, "<metric>": {"k", "s", "s2",
+        "m", "m2", "sm"}}`` for each metric in :data:`ARM_METRICS`, where ``k``
+        counts units with at least one value of that metric.
     """
-    q = U.c.quality_score
-    inner = select(
-        U.c.quality_score.label("q"), U.c.latency_ms.label("lat"), latest_feedback().element.label("fb"),
-        U.c.unit_id.label("unit"),
+    fb = latest_feedback().element
+    unit = func.coalesce(U.c.unit_id, U.c.id).label("unit")
+    rated = case((fb.is_(None), 0), else_=1)
+    per_record = select(
+        unit,
+        U.c.quality_score.label("q"),
+        U.c.latency_ms.label("lat"),
+        rated.label("rated"),
+        case((fb > 0, 1), else_=0).label("pos"),
+        case((fb < 0, 1), else_=0).label("neg"),
     ).where(U.c.model == model, U.c.created_at >= start, U.c.created_at <= end).subquery()
-    q, fb, lat, unit = inner.c.q, inner.c.fb, inner.c.lat, inner.c.unit
-    row = conn.execute(
-        select(
-            func.count(),
-            func.count(q),
-            func.coalesce(func.sum(q), 0.0),
-            func.coalesce(func.sum(q * q), 0.0),
-            func.count(fb),
-            func.coalesce(func.sum(case((fb > 0, 1), else_=0)), 0),
-            func.coalesce(func.sum(case((fb < 0, 1), else_=0)), 0),
-            func.count(lat),
-            func.coalesce(func.sum(lat), 0.0),
-            func.coalesce(func.sum(lat * lat), 0.0),
-            func.count(distinct(unit)) + func.coalesce(func.sum(case((unit.is_(None), 1), else_=0)), 0),
-        ).select_from(inner)
-    ).one()
-    keys = ("n_served", "n_scored", "sum_quality", "sum_quality_sq", "n_rated", "n_positive", "n_negative",
-            "n_latency", "sum_latency_ms", "sum_latency_sq", "n_units")
-    return {k: (float(v) if k.startswith("sum") else int(v)) for k, v in zip(keys, row)}
+    r = per_record.c
+    per_unit = select(
+        func.count().label("n"),
+        func.coalesce(func.sum(r.q), 0.0).label("quality_s"), func.count(r.q).label("quality_m"),
+        func.sum(r.pos).label("positive_s"), func.sum(r.rated).label("positive_m"),
+        func.sum(r.neg).label("negative_s"), func.sum(r.rated).label("negative_m"),
+        func.coalesce(func.sum(r.lat), 0.0).label("latency_s"), func.count(r.lat).label("latency_m"),
+    ).group_by(r.unit).subquery()
+    u = per_unit.c
+    cols: list[Any] = [func.coalesce(func.sum(u.n), 0), func.count()]
+    for metric in ARM_METRICS:
+        s_col, m_col = u[f"{metric}_s"], u[f"{metric}_m"]
+        cols += [
+            func.coalesce(func.sum(case((m_col > 0, 1), else_=0)), 0),
+            func.coalesce(func.sum(s_col), 0.0), func.coalesce(func.sum(s_col * s_col), 0.0),
+            func.coalesce(func.sum(m_col), 0), func.coalesce(func.sum(m_col * m_col), 0),
+            func.coalesce(func.sum(s_col * m_col), 0.0),
+        ]
+    row = list(conn.execute(select(*cols).select_from(per_unit)).one())
+    out: dict[str, Any] = {"n_served": int(row[0]), "n_units": int(row[1])}
+    for i, metric in enumerate(ARM_METRICS):
+        k, s, s2, m, m2, sm = row[2 + 6 * i: 8 + 6 * i]
+        out[metric] = {"k": int(k), "s": float(s), "s2": float(s2), "m": float(m), "m2": float(m2), "sm": float(sm)}
+    return out
 
 
 def quality_window(conn: Connection, start: datetime, end: datetime) -> tuple[int, float | None]:

@@ -33,6 +33,10 @@ def format_evaluation(ev: Mapping[str, Any]) -> list[str]:
             f"  lift {cmp['lift']:+.1%}  {1 - cmp['alpha']:.0%} CI [{cmp['ci_low']:+.1%}, {cmp['ci_high']:+.1%}]  "
             f"p={cmp['p_value']:.3g} ({kind})"
         )
+    for g in ev.get("guardrails") or []:
+        state = "VIOLATED" if g["violated"] else "holds"
+        lines.append(f"  guardrail {g['metric']:<9} {g['change']:+.1%} (CI [{g['ci_low']:+.1%}, {g['ci_high']:+.1%}], "
+                     f"margin +{g['margin']:.0%}): {state}")
     srm = ev.get("srm")
     if srm and srm.get("mismatch"):
         lines.append(f"  SAMPLE-RATIO MISMATCH: p={srm['p_value']:.2g}")
@@ -82,6 +86,10 @@ def format_status(summary: Mapping[str, Any]) -> str:
             lines += format_evaluation(exp["last_evaluation"])
         else:
             lines.append("  not evaluated yet")
+    watch = summary.get("promotion_watch")
+    if watch:
+        lines += ["", f"Watching champion {watch['champion']} against {watch['previous']}'s level "
+                  f"{watch['baseline']['mean']:.3f} until {watch['until']} (rollback on a significant drop)"]
     runs = summary.get("training_runs") or []
     if runs:
         lines += ["", "Recent training runs"]
@@ -95,6 +103,8 @@ def format_status(summary: Mapping[str, Any]) -> str:
 def format_iteration(result: Mapping[str, Any]) -> str:
     """Render one :meth:`ContinuousLearningLoop.run_iteration` result for people."""
     lines = [f"iteration at {result['timestamp']}"]
+    if result.get("drift"):
+        lines.append(f"drift monitor: {result['drift']['reason']}")
     if result.get("experiment"):
         lines.append("experiment:")
         lines += format_evaluation(result["experiment"])

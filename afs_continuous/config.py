@@ -199,8 +199,8 @@ class ABTestConfig(_Config):
     The decision rule: promote only when the challenger's relative lift on the
     primary metric is at least ``promotion_threshold`` *and* significantly
     greater than zero (always-valid sequential test at ``alpha``), the
-    experiment has run ``min_duration_hours`` and each arm has
-    ``min_samples_per_arm`` samples, and there is no sample-ratio mismatch.
+    guardrails hold, the experiment has run ``min_duration_hours`` and each
+    arm has ``min_samples_per_arm`` units, and there is no sample-ratio mismatch.
     """
 
     initial_challenger_traffic: float = Field(0.1, gt=0, lt=1, description="Traffic fraction routed to the challenger (0.1 = 10%).")
@@ -209,7 +209,7 @@ class ABTestConfig(_Config):
     max_duration_hours: float | None = Field(
         336.0, gt=0, description="An experiment still undecided after this many hours is stopped; the champion stays."
     )
-    min_samples_per_arm: int = Field(200, ge=2, description="Minimum samples of the primary metric in each arm before any decision.")
+    min_samples_per_arm: int = Field(200, ge=2, description="Minimum units (users; records without a unit id count one each) with the primary metric in each arm before any decision.")
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the promotion test (two-sided).")
     primary_metric: PrimaryMetric = Field(PrimaryMetric.QUALITY_SCORE, description="Metric the promotion is decided on.")
     sequential: bool = Field(True, description="Use the always-valid sequential test (safe under hourly looks).")
@@ -217,6 +217,15 @@ class ABTestConfig(_Config):
     strict: bool = Field(False, description="Require the lower confidence bound of the lift itself to clear promotion_threshold.")
     stop_on_regression: bool = Field(True, description="Retire a challenger that is significantly worse without waiting for min_duration_hours.")
     srm_threshold: float = Field(0.001, gt=0, lt=1, description="p-value below which the arm split is flagged as a sample-ratio mismatch.")
+    guardrail_latency_margin: float | None = Field(
+        0.10, gt=0, description="Guardrail: stop the challenger when its mean latency_ms is significantly more than this fraction above the champion's (0.10 = +10%; None disables)."
+    )
+    guardrail_negative_feedback_margin: float | None = Field(
+        0.10, gt=0, description="Guardrail: stop the challenger when its negative-feedback rate is significantly more than this fraction above the champion's (relative; None disables)."
+    )
+    rollback_watch_hours: float | None = Field(
+        72.0, gt=0, description="After a promotion, compare the new champion with the previous champion's level for this long; a significant drop rolls back (None disables)."
+    )
 
 
 class LoggerConfig(_Config):

@@ -170,15 +170,24 @@ class Evaluation:
         }
 
 
-def _arm_summary(agg: dict[str, Any], metric: PrimaryMetric) -> Any:
+#: Primary metric -> per-unit aggregate key of :func:`~afs_continuous._queries.arm_aggregates`.
+_METRIC_KEY = {PrimaryMetric.QUALITY_SCORE: "quality", PrimaryMetric.POSITIVE_FEEDBACK_RATE: "positive"}
+#: Guardrail metrics (higher is worse) -> the ABTestConfig field holding their margin.
+GUARDRAILS = {"latency": "guardrail_latency_margin", "negative": "guardrail_negative_feedback_margin"}
+
+
+def unit_summary(agg: dict[str, Any], key: str) -> Any:
+    """The cluster-robust :class:`~afs_continuous.stats.ArmSummary` of metric ``key``, or None below 2 units."""
     from . import stats
-    if metric == PrimaryMetric.QUALITY_SCORE:
-        if agg["n_scored"] < 2:
-            return None
-        return stats.ArmSummary.from_sums(agg["n_scored"], agg["sum_quality"], agg["sum_quality_sq"])
-    if agg["n_rated"] < 2:
+
+    sums = agg[key]
+    if sums["k"] < 2:
         return None
-    return stats.ArmSummary.from_proportion(agg["n_rated"], agg["n_positive"])
+    return stats.ArmSummary.from_unit_sums(sums["k"], sums["s"], sums["s2"], sums["m"], sums["m2"], sums["sm"])
+
+
+def _mean(agg: dict[str, Any], key: str) -> float | None:
+    return agg[key]["s"] / agg[key]["m"] if agg[key]["m"] else None
 
 
 def _arm_figures(name: str, agg: dict[str, Any], summary: Any) -> dict[str, Any]:
@@ -189,9 +198,9 @@ def _arm_figures(name: str, agg: dict[str, Any], summary: Any) -> dict[str, Any]
         "n": summary.n if summary else 0,
         "mean": summary.mean if summary else None,
         "variance": summary.variance if summary else None,
-        "positive_rate": (agg["n_positive"] / agg["n_rated"]) if agg["n_rated"] else None,
-        "negative_rate": (agg["n_negative"] / agg["n_rated"]) if agg["n_rated"] else None,
-        "avg_latency_ms": (agg["sum_latency_ms"] / agg["n_latency"]) if agg["n_latency"] else None,
+        "positive_rate": _mean(agg, "positive"),
+        "negative_rate": _mean(agg, "negative"),
+        "avg_latency_ms": _mean(agg, "latency"),
     }
 
 
@@ -279,7 +288,7 @@ class ExperimentManager:
         with self.store.read() as conn:
             a = arm_aggregates(conn, exp.champion, exp.started_at, now)
             b = arm_aggregates(conn, exp.challenger, exp.started_at, now)
-        sa, sb = _arm_summary(a, metric), _arm_summary(b, metric)
+        sa, sb = unit_summary(a, _METRIC_KEY[metric]), unit_summary(b, _METRIC_KEY[metric])
         elapsed_h = max(0.0, (now - exp.started_at).total_seconds() / 3600.0)
         ev = Evaluation(
             experiment_id=exp.id, decision=Decision.CONTINUE, reasons=[], metric=metric.value, evaluated_at=now,
@@ -291,12 +300,14 @@ class ExperimentManager:
         ev.srm = {"chi2": srm.chi2, "p_value": srm.p_value, "mismatch": srm.mismatch, "decided": srm.decided,
                   "observed": list(srm.observed), "expected": [round(x, 3) for x in srm.expected]}
         n_min = min(sa.n if sa else 0, sb.n if sb else 0)
+        cmp = None
         if sa is not None and sb is not None and sa.mean > 0:
             cmp = stats.compare(sa, sb, alpha=cfg.alpha, min_lift=cfg.promotion_threshold, sequential=cfg.sequential,
                                 n_star=cfg.sequential_n_star, strict=cfg.strict)
             ev.comparison = cmp.to_dict()
-        else:
-            cmp = None
+        guardrails = self._guardrails(a, b)
+        ev.extra["guardrails"] = guardrails
+        violated = [g for g in guardrails if g["violated"]]
 
         if srm.mismatch:
             ev.decision = Decision.INVALID
@@ -306,7 +317,7 @@ class ExperimentManager:
                 f"{cfg.srm_threshold}); promotion blocked until the routing is fixed"
             )
         elif n_min < cfg.min_samples_per_arm:
-            ev.reasons.append(f"not enough samples: {n_min} in the smaller arm, need {cfg.min_samples_per_arm} per arm")
+            ev.reasons.append(f"not enough samples: {n_min} units in the smaller arm, need {cfg.min_samples_per_arm} per arm")
         elif cmp is None:
             ev.reasons.append("champion mean is 0: relative lift undefined")
         elif cmp.significant and cmp.lift < 0 and cfg.stop_on_regression:
@@ -314,6 +325,13 @@ class ExperimentManager:
             ev.reasons.append(
                 f"challenger significantly worse: lift {cmp.lift:+.1%} (CI {cmp.ci_low:+.1%} to {cmp.ci_high:+.1%}, p {cmp.p_value:.3g})"
             )
+        elif violated:
+            ev.decision = Decision.STOP
+            for g in violated:
+                ev.reasons.append(
+                    f"guardrail {g['metric']}: {g['change']:+.1%} (CI {g['ci_low']:+.1%} to {g['ci_high']:+.1%}) "
+                    f"significantly worse than the allowed +{g['margin']:.0%}"
+                )
         elif elapsed_h < cfg.min_duration_hours:
             ev.reasons.append(f"minimum duration not reached: {elapsed_h:.1f} h of {cfg.min_duration_hours:g} h")
         elif cmp.promotable_lift:
@@ -335,6 +353,27 @@ class ExperimentManager:
         if record:
             self._record(exp, ev)
         return ev
+
+    def _guardrails(self, a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+        """Guardrail metrics (higher is worse): violated when the challenger's relative increase is
+        significantly above the margin (the lower bound of its always-valid interval exceeds it)."""
+        from . import stats
+
+        cfg = self.config
+        out = []
+        for key, margin_field in GUARDRAILS.items():
+            margin = getattr(cfg, margin_field)
+            sa, sb = unit_summary(a, key), unit_summary(b, key)
+            if margin is None or sa is None or sb is None or sa.mean <= 0:
+                continue
+            if min(sa.n, sb.n) < cfg.min_samples_per_arm:
+                continue
+            c = stats.compare(sa, sb, alpha=cfg.alpha, min_lift=margin, sequential=cfg.sequential,
+                              n_star=cfg.sequential_n_star)
+            out.append({"metric": key, "champion": sa.mean, "challenger": sb.mean, "change": c.lift,
+                        "ci_low": c.ci_low, "ci_high": c.ci_high, "p_value": c.p_value, "margin": margin,
+                        "violated": c.ci_low > margin})
+        return out
 
     def _record(self, exp: ExperimentInfo, ev: Evaluation) -> None:
         p = ev.p_value

@@ -30,6 +30,7 @@ from .config import LoopConfig
 from .experiment import Arm, Decision, Evaluation, ExperimentManager
 from .generator import GenerationResult, TrainingDataGenerator
 from .logger import UsageLogger
+from .monitor import DriftMonitor
 from .registry import ModelRegistry, ModelVersion, VersionStatus
 from .runs import RunStatus, TrainingRunLog
 from .store import Store, TrainingSample
@@ -83,6 +84,7 @@ class ContinuousLearningLoop:
         self.triggers = TriggerChecker(self.store, cfg.trigger_config, cfg.generator_config, clock=clock)
         self.generator = TrainingDataGenerator(self.store, cfg.generator_config, cfg.data_path, clock=clock)
         self.runs = TrainingRunLog(self.store, clock=clock)
+        self.monitor = DriftMonitor(self.store, cfg.ab_test_config, clock=clock)
         self._stop = threading.Event()
         self._route_cache: tuple[float, ModelVersion, ModelVersion | None, Any] | None = None
         with self.store.write() as conn:
@@ -174,6 +176,7 @@ class ContinuousLearningLoop:
             log.warning("marked training runs %s as interrupted (their process is gone)", interrupted)
         now = self.clock()
         result: dict[str, Any] = {"timestamp": now.isoformat(), "retrain_triggered": False, "experiment": None}
+        result["drift"] = self._watch_champion(now)
         exp = self.experiments.active()
         if exp is not None:
             evaluation = self.experiments.evaluate(exp, now=now)
@@ -194,12 +197,30 @@ class ContinuousLearningLoop:
         result["retrain"] = self._retrain(trig, None if no_train else fn, dry_run=dry_run)
         return result
 
+    def _watch_champion(self, now: Any) -> dict[str, Any] | None:
+        """One look of the post-promotion drift monitor; rolls back on a significant drop."""
+        champion = self.registry.champion()
+        check = self.monitor.check(champion.name if champion else "", now=now)
+        if check is None:
+            return None
+        if check.rollback:
+            self.rollback(check.previous, reason=check.reason, actor="drift-monitor")
+            with self.store.write() as conn:
+                self._set_run_outcome(check.champion, RunStatus.ROLLED_BACK, conn)
+            log.warning("rolled back to %s: %s", check.previous, check.reason)
+        return check.to_dict()
+
     def _act_on(self, exp: Any, ev: Evaluation) -> None:
         if ev.decision == Decision.PROMOTE:
+            from .stats import ArmSummary
+
             with self.store.write() as conn:
                 self.registry.promote(exp.challenger, reason="; ".join(ev.reasons), evidence=ev.to_dict(), conn=conn)
                 self.experiments.conclude(exp, Decision.PROMOTE, conn=conn)
                 self._set_run_outcome(exp.challenger, RunStatus.PROMOTED, conn)
+                base = ev.champion
+                baseline = ArmSummary(base["n"], base["mean"], base["variance"]) if base["n"] >= 2 else None
+                self.monitor.start(exp.challenger, exp.champion, baseline, conn=conn)
             log.info("promoted %s to champion: %s", exp.challenger, "; ".join(ev.reasons))
         elif ev.decision == Decision.STOP:
             with self.store.write() as conn:
@@ -414,6 +435,7 @@ class ContinuousLearningLoop:
         exp = self.experiments.active()
         with self.store.write() as conn:
             version = self.registry.rollback(name, reason=reason, actor=actor, conn=conn)
+            self.monitor.stop(conn=conn)
             if exp is not None:
                 self.registry.retire(exp.challenger, reason=f"experiment ended by rollback to {version.name}", conn=conn)
                 self.experiments.conclude(exp, Decision.STOP, conn=conn)
@@ -462,6 +484,7 @@ class ContinuousLearningLoop:
                 "rehearsal_buffer": str(self.generator.rehearsal_buffer.path),
             },
             "experiment": exp.to_dict() if exp else None,
+            "promotion_watch": self.monitor.active(),
             "training_runs": [r.to_dict() for r in self.runs.list(limit=5)],
             "store": self.store.url,
         }

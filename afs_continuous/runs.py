@@ -9,6 +9,7 @@ Statuses:
 - ``deployed``: the new version is the challenger of a running experiment;
 - ``promoted``: the new version became champion;
 - ``rejected``: the experiment ended without promoting it;
+- ``rolled_back``: promoted, then rolled back by the drift monitor;
 - ``interrupted``: the process died mid-run (found at the next start).
 """
 
@@ -45,11 +46,12 @@ class RunStatus(str, Enum):
     DEPLOYED = "deployed"
     PROMOTED = "promoted"
     REJECTED = "rejected"
+    ROLLED_BACK = "rolled_back"
     INTERRUPTED = "interrupted"
 
 
 ACTIVE = (RunStatus.GENERATING.value, RunStatus.TRAINING.value)
-TRAINED = (RunStatus.DEPLOYED.value, RunStatus.PROMOTED.value, RunStatus.REJECTED.value)
+TRAINED = (RunStatus.DEPLOYED.value, RunStatus.PROMOTED.value, RunStatus.REJECTED.value, RunStatus.ROLLED_BACK.value)
 
 
 def owner_id() -> str:

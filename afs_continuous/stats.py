@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats as _st
 
 from afs_continuous import _stats_sequential as _k
 from afs_continuous.errors import ConfigError
@@ -138,6 +137,49 @@ class ArmSummary:
         mean = total / n if n else 0.0
         variance = max(0.0, (total_sq - total * total / n) / (n - 1)) if n >= 2 else 0.0
         return cls(n, mean, variance)
+
+    @classmethod
+    def from_unit_sums(cls, k: int, s: float, s2: float, m: float, m2: float, sm: float) -> ArmSummary:
+        """Summarise a per-record metric randomised by unit (user), cluster-robustly.
+
+        Each of the ``k`` units contributes ``S_u`` (sum of its values) and
+        ``M_u`` (its number of values); the metric is the ratio ``R = sum S / sum M``
+        and its variance comes from the delta method over units, so repeated
+        requests of one user are not counted as independent evidence:
+        ``Var(R) ~ (s_S^2 - 2 R s_SM + R^2 s_M^2) / (k mean_M^2)``. The returned
+        summary has ``n = k`` and ``variance = k Var(R)``, so :func:`compare`
+        uses it unchanged. With one value per unit it equals :meth:`from_sums`.
+
+        Args:
+            k: Units with at least one value (>= 0).
+            s, s2: Sum over units of ``S_u`` and of ``S_u^2``.
+            m, m2: Sum over units of ``M_u`` and of ``M_u^2``.
+            sm: Sum over units of ``S_u M_u``.
+
+        References:
+            Deng, Knoblich, Lu (2018), "Applying the Delta Method in Metric
+            Analytics", KDD; GrowthBook ratio metrics (gbstats).
+
+        Example:
+            >>> a = ArmSummary.from_unit_sums(3, 6.0, 14.0, 3.0, 3.0, 6.0)   # one value per unit
+            >>> b = ArmSummary.from_sums(3, 6.0, 14.0)
+            >>> (a.n, a.mean, round(a.variance, 12)) == (b.n, b.mean, round(b.variance, 12))
+            True
+        """
+        k = _count("k", k)
+        vals = [_finite(name, v) for name, v in (("s", s), ("s2", s2), ("m", m), ("m2", m2), ("sm", sm))]
+        s, s2, m, m2, sm = vals
+        if k == 0 or m <= 0:
+            return cls(k, 0.0, 0.0)
+        ratio = s / m
+        if k < 2:
+            return cls(k, ratio, 0.0)
+        var_s = (s2 - s * s / k) / (k - 1)
+        var_m = (m2 - m * m / k) / (k - 1)
+        cov = (sm - s * m / k) / (k - 1)
+        mean_m = m / k
+        variance = max(0.0, (var_s - 2.0 * ratio * cov + ratio * ratio * var_m) / (mean_m * mean_m))
+        return cls(k, ratio, variance)
 
     @classmethod
     def from_proportion(cls, n: int, successes: int) -> ArmSummary:
@@ -510,73 +552,4 @@ def compare(
     )
 
 
-# ---------------------------------------------------------------------- SRM
-@dataclass(frozen=True)
-class SRMResult:
-    """Sample-ratio-mismatch check (see :func:`srm_test`).
-
-    Attributes:
-        chi2: Pearson chi-square statistic, df = arms - 1.
-        p_value: Its upper-tail p-value.
-        mismatch: ``decided and p_value < threshold``: block promotion and alert.
-        observed: Observed units per arm.
-        expected: Expected units per arm under the configured weights.
-        decided: False while the smallest arm expects fewer than 5 units.
-    """
-
-    chi2: float
-    p_value: float
-    mismatch: bool
-    observed: tuple[int, ...]
-    expected: tuple[float, ...]
-    decided: bool
-
-
-def srm_test(counts: Sequence[int], weights: Sequence[float], threshold: float = 0.001) -> SRMResult:
-    """Pearson chi-square of observed arm counts against the *configured* weights.
-
-    Arms with zero units are included (an arm that receives nothing is the
-    worst mismatch). Checked hourly for a week, ``threshold=0.001`` gives about
-    1.7% false alarms per experiment: block promotion and alert, do not reject.
-
-    Args:
-        counts: Units (users/conversations) per arm, integers >= 0.
-        weights: Configured traffic fractions per arm (0..1, each > 0), same
-            order and length as ``counts``, summing to 1 (tolerance 1e-6).
-        threshold: Flag when p < threshold, in (0, 1). Default 0.001.
-
-    Returns:
-        SRMResult; ``decided`` is False (and ``mismatch`` False) while the
-        smallest arm expects fewer than 5 units.
-
-    Raises:
-        ConfigError: Fewer than 2 arms, length mismatch, negative or
-            non-integer counts, weights not > 0 or not summing to 1, bad threshold.
-
-    References:
-        GrowthBook ``DEFAULT_SRM_THRESHOLD``; Eppo SRM docs; ``scipy.stats.chisquare``.
-
-    Example:
-        >>> r = srm_test([90400, 9600], [0.9, 0.1])
-        >>> round(r.chi2, 4), r.mismatch
-        (17.7778, True)
-    """
-    obs = tuple(_count(f"counts[{i}]", c) for i, c in enumerate(counts))
-    w = tuple(_finite(f"weights[{i}]", x) for i, x in enumerate(weights))
-    if len(obs) < 2 or len(obs) != len(w):
-        raise ConfigError(f"need one count per arm and at least 2 arms, got {len(obs)} counts and {len(w)} weights")
-    if any(x <= 0.0 for x in w):
-        raise ConfigError(f"weights must all be > 0, got {list(w)}; leave arms with weight 0 out of the test")
-    if not math.isclose(sum(w), 1.0, rel_tol=0.0, abs_tol=1e-6):
-        raise ConfigError(f"weights must sum to 1, got {list(w)} (sum {sum(w)!r}); pass the configured split, e.g. [0.9, 0.1]")
-    thr = _finite("threshold", threshold)
-    if not 0.0 < thr < 1.0:
-        raise ConfigError(f"threshold must be in (0, 1), got {threshold!r}; e.g. 0.001")
-    total = sum(obs)
-    expected = tuple(total * x / sum(w) for x in w)
-    if total == 0:
-        return SRMResult(0.0, 1.0, False, obs, expected, False)
-    res = _st.chisquare(np.asarray(obs, dtype=np.float64), np.asarray(expected, dtype=np.float64))
-    chi2, p = float(res.statistic), float(res.pvalue)
-    decided = min(expected) >= 5.0
-    return SRMResult(chi2, p, decided and p < thr, obs, expected, decided)
+from afs_continuous.srm import SRMResult, srm_test  # noqa: E402  (re-exported: part of the stats API)

@@ -135,7 +135,6 @@ class TriggerChecker:
                 challenger still under test); reported in the result.
         """
         now = self.clock() if now is None else now
-        cfg = self.config
         st = self.state()
         checks: list[TriggerCheck] = []
         if manual:

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     loop = ContinuousLearningLoop(config, clock=clock, train_fn=train_fn)
 
     heading("1. production traffic: the champion answers 805 requests over 24 h")
-    users = [f"user-{i:04d}" for i in range(2000)]
+    users = [f"user-{i:05d}" for i in range(50_000)]
     step = 24 * 3600 / len(rows)
     for r in rows:
         clock.advance(seconds=step)
@@ -193,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             r = rows[rng.randrange(len(rows))]
             if src is not None:
                 r = src[r["index"]]
-            tps = 35.0 if version.is_challenger else 60.0
+            # the challenger is a LoRA adapter on the same base model: same serving throughput
             rid = loop.log_usage(r["instruction"], r["output"], model=version.name, unit_id=uid,
-                                 latency_ms=latency_ms(r["output"], tps), quality_score=r["preference"] - 1.0)
+                                 latency_ms=latency_ms(r["output"], 60.0), quality_score=r["preference"] - 1.0)
             loop.record_feedback(rid, feedback=thumbs(r["preference"]))
         result = loop.run_iteration()
         ev = result.get("experiment")

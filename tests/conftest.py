@@ -15,7 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -183,3 +183,48 @@ def good_rows(alpaca: Callable[[str], list[dict[str, Any]]]) -> list[dict[str, A
     rows = [r for r in alpaca("FuseChat-Gemma-2-9B") if quality_of(r) >= 0.7 and thumbs_of(r) == 1]
     assert len(rows) > 300
     return rows
+
+
+# ------------------------------------------------------------------ experiments on real traffic
+EXP_CHAMPION = "FuseChat-Llama-3.2-3B"
+EXP_CHALLENGER = f"{EXP_CHAMPION}-ft1"
+_NO_TRIGGERS = {"min_new_samples": None, "schedule_interval_hours": None, "quality_drop_threshold": None}
+
+
+@pytest.fixture
+def experiment_loop(tmp_path, clock, make_loop, trainer, alpaca, log_rows) -> ContinuousLearningLoop:
+    """A loop whose champion is Llama-3.2-3B and whose first retrain is under test since now."""
+    loop = make_loop(tmp_path, clock, train_fn=trainer, champion_model=EXP_CHAMPION, route_cache_s=60,
+                     trigger_config=_NO_TRIGGERS, generator_config={"min_samples": 10, "include_existing_data": False})
+    seed_rows = [r for r in alpaca(EXP_CHAMPION) if r["preference"] > 1.7][:20]
+    clock.advance(hours=-1)  # training data from before the experiment: not counted in either arm
+    log_rows(loop, seed_rows, EXP_CHAMPION)
+    clock.advance(hours=1)
+    deployed = loop.run_iteration(manual=True)["retrain"]
+    assert deployed["status"] == "deployed" and deployed["model_version"] == EXP_CHALLENGER
+    assert loop.experiments.active().started_at == clock()
+    return loop
+
+
+@pytest.fixture
+def replay(clock: ManualClock) -> Callable[..., dict[str, int]]:
+    """``replay(loop, champion_rows, challenger_rows, n, hours, start=0)``: n routed requests over ``hours``."""
+
+    def run(loop: ContinuousLearningLoop, champion_rows: list[dict[str, Any]], challenger_rows: list[dict[str, Any]],
+            n: int, hours: float, start: int = 0) -> dict[str, int]:
+        served = {EXP_CHAMPION: 0, EXP_CHALLENGER: 0}
+        step = timedelta(hours=hours) / n
+        for i in range(start, start + n):
+            uid = f"user-{i}"
+            version = loop.route(uid)
+            row = (challenger_rows if version.name == EXP_CHALLENGER else champion_rows)[i % len(champion_rows)]
+            loop.log_usage(row["instruction"], row["output"], model=version.name, unit_id=uid,
+                           quality_score=row["preference"] - 1.0, latency_ms=250.0)
+            served[version.name] += 1
+            clock.advance(step)
+        assert loop.logger.flush(timeout_s=30)
+        return served
+
+    return run
+
+

@@ -102,43 +102,6 @@ def test_start_rejects_a_bad_fraction(routed) -> None:
 
 
 # ------------------------------------------------------------------ replay of real traffic
-@pytest.fixture
-def experiment_loop(tmp_path, clock, make_loop, trainer, alpaca, log_rows) -> ContinuousLearningLoop:
-    """A loop whose champion is Llama-3.2-3B and whose first retrain is under test since now."""
-    loop = make_loop(tmp_path, clock, train_fn=trainer, champion_model=CHAMPION, route_cache_s=60,
-                     trigger_config=NO_TRIGGERS, generator_config={"min_samples": 10, "include_existing_data": False})
-    seed_rows = [r for r in alpaca(CHAMPION) if r["preference"] > 1.7][:20]
-    clock.advance(hours=-1)  # training data from before the experiment: not counted in either arm
-    log_rows(loop, seed_rows, CHAMPION)
-    clock.advance(hours=1)
-    deployed = loop.run_iteration(manual=True)["retrain"]
-    assert deployed["status"] == "deployed" and deployed["model_version"] == CHALLENGER
-    assert loop.experiments.active().started_at == clock()
-    return loop
-
-
-@pytest.fixture
-def replay(clock: ManualClock) -> Callable[..., dict[str, int]]:
-    """``replay(loop, champion_rows, challenger_rows, n, hours, start=0)``: n routed requests over ``hours``."""
-
-    def run(loop: ContinuousLearningLoop, champion_rows: list[dict[str, Any]], challenger_rows: list[dict[str, Any]],
-            n: int, hours: float, start: int = 0) -> dict[str, int]:
-        served = {CHAMPION: 0, CHALLENGER: 0}
-        step = timedelta(hours=hours) / n
-        for i in range(start, start + n):
-            uid = f"user-{i}"
-            version = loop.route(uid)
-            row = (challenger_rows if version.name == CHALLENGER else champion_rows)[i % len(champion_rows)]
-            loop.log_usage(row["instruction"], row["output"], model=version.name, unit_id=uid,
-                           quality_score=row["preference"] - 1.0, latency_ms=250.0)
-            served[version.name] += 1
-            clock.advance(step)
-        assert loop.logger.flush(timeout_s=30)
-        return served
-
-    return run
-
-
 def test_truly_better_challenger_is_promoted_after_48_hours(experiment_loop, clock, alpaca, replay) -> None:
     loop = experiment_loop
     t0 = clock()
@@ -179,7 +142,7 @@ def test_no_promotion_before_min_samples_per_arm(experiment_loop, clock, alpaca,
     clock.set(t0 + timedelta(hours=49))
     ev = loop.run_iteration()["experiment"]
     assert ev["decision"] == "continue"
-    assert ev["reasons"] == [f"not enough samples: {served[CHALLENGER]} in the smaller arm, need 200 per arm"]
+    assert ev["reasons"] == [f"not enough samples: {served[CHALLENGER]} units in the smaller arm, need 200 per arm"]
     assert loop.registry.champion().name == CHAMPION
     assert loop.experiments.active() is not None
 

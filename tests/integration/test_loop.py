@@ -35,7 +35,8 @@ def log_good(target: Any, n: int, prefix: str = "q") -> list[str]:
 def test_iteration_result_keys(tmp_path, clock, make_loop, trainer) -> None:
     loop = make_loop(tmp_path, clock, trigger_config=COUNT_5, generator_config=GEN)
     quiet = loop.run_iteration(trainer)
-    assert set(quiet) == {"timestamp", "retrain_triggered", "experiment", "trigger"}
+    assert set(quiet) == {"timestamp", "retrain_triggered", "experiment", "trigger", "drift"}
+    assert quiet["drift"] is None  # nothing promoted, nothing watched
     assert quiet["retrain_triggered"] is False and quiet["experiment"] is None
     assert quiet["timestamp"] == clock().isoformat()
 
