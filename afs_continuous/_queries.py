@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, case, distinct, func, or_, select
+from sqlalchemy import Select, and_, bindparam, case, distinct, func, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
@@ -85,8 +85,9 @@ def window_condition(after: datetime | None, until: datetime) -> list[ColumnElem
 
 
 def not_trained_condition() -> ColumnElement[bool]:
-    """The record's content was not used by an earlier successful training run."""
-    return ~U.c.content_hash.in_(select(T.c.content_hash))
+    """The record's content was not used by an earlier successful training run
+    (records whose hash is not computed yet pass; the generator hashes them)."""
+    return or_(U.c.content_hash.is_(None), ~U.c.content_hash.in_(select(T.c.content_hash)))
 
 
 def eligible_query(gen: DataGeneratorConfig, after: datetime | None, until: datetime, *columns: Any) -> Select[Any]:
@@ -99,9 +100,38 @@ def eligible_query(gen: DataGeneratorConfig, after: datetime | None, until: date
     )
 
 
+def backfill_content_hashes(conn: Connection, gen: DataGeneratorConfig, after: datetime | None, until: datetime,
+                            *, batch: int = 1000) -> int:
+    """Compute the content hash of every record in ``(after, until]`` that passes the quality and
+    feedback stages and has none yet; returns how many were filled.
+
+    The writer leaves ``content_hash`` empty to keep the logging path cheap; the
+    daemon fills it here, for the (few) records that may become training
+    samples, before counting or generating. Needs a write transaction.
+    """
+    from ._text import content_hash
+
+    stmt = (
+        select(U.c.id, U.c.query, U.c.response)
+        .where(U.c.content_hash.is_(None), *window_condition(after, until), *quality_condition(gen),
+               *feedback_condition(gen))
+    )
+    rows = conn.execute(stmt).all()
+    for i in range(0, len(rows), batch):
+        chunk = [{"h": content_hash(q, r), "rid": rid} for rid, q, r in rows[i:i + batch]]
+        conn.execute(U.update().where(U.c.id == bindparam("rid")).values(content_hash=bindparam("h")), chunk)
+    return len(rows)
+
+
 def count_eligible(conn: Connection, gen: DataGeneratorConfig, after: datetime | None, until: datetime) -> int:
-    """Number of distinct training samples (distinct content when deduplicating) eligible now."""
-    col = func.count(distinct(U.c.content_hash)) if gen.deduplicate else func.count()
+    """Number of distinct training samples (distinct content when deduplicating) eligible now.
+
+    Exact after :func:`backfill_content_hashes`; records without a hash yet
+    count as distinct (an upper bound), so a read-only caller (the status
+    summary) needs no write.
+    """
+    unhashed = func.coalesce(func.sum(case((U.c.content_hash.is_(None), 1), else_=0)), 0)
+    col = func.count(distinct(U.c.content_hash)) + unhashed if gen.deduplicate else func.count()
     return int(conn.execute(eligible_query(gen, after, until, col)).scalar_one())
 
 

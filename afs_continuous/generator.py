@@ -26,11 +26,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, distinct, func, select
+from sqlalchemy import and_, case, distinct, func, select
 
 from ._io import write_jsonl_atomic
-from ._queries import U, eligible_query, feedback_condition, quality_condition, stage_counts, window_condition
-from ._text import normalize
+from ._queries import U, backfill_content_hashes, eligible_query, feedback_condition, quality_condition, stage_counts, window_condition
+from ._text import content_hash, normalize
 from .clock import Clock, utc_now
 from .config import DataGeneratorConfig
 from .rehearsal import RehearsalBuffer
@@ -121,6 +121,8 @@ class TrainingDataGenerator:
         """
         cfg = self.config
         until = self.clock() if until is None else until
+        with self.store.write() as conn:
+            backfill_content_hashes(conn, cfg, after, until)
         with self.store.read() as conn:
             counts = stage_counts(conn, cfg, after, until)
             counts["after_dedup"] = _count_distinct(conn, cfg, after, until)
@@ -134,6 +136,7 @@ class TrainingDataGenerator:
                 rid, query, response, _q, chash, created = row
                 if not normalize(query) or not normalize(response):
                     continue
+                chash = chash or content_hash(query, response)  # committed after the backfill
                 if cfg.deduplicate:
                     if chash in seen:
                         continue
@@ -170,7 +173,8 @@ class TrainingDataGenerator:
 
 def _count_distinct(conn: Any, cfg: DataGeneratorConfig, after: datetime | None, until: datetime) -> int:
     """Distinct normalised contents among the records that pass quality and feedback (the dedup stage)."""
-    col = func.count(distinct(U.c.content_hash)) if cfg.deduplicate else func.count()
+    unhashed = func.coalesce(func.sum(case((U.c.content_hash.is_(None), 1), else_=0)), 0)
+    col = func.count(distinct(U.c.content_hash)) + unhashed if cfg.deduplicate else func.count()
     stmt = select(col).select_from(U).where(
         and_(*window_condition(after, until), *quality_condition(cfg), *feedback_condition(cfg))
     )

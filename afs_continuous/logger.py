@@ -31,13 +31,13 @@ import uuid
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 
-from ._text import clean_text, content_hash
+from ._text import clean_text
 from .clock import Clock, utc_now
 from .config import Durability, LoggerConfig
 from .errors import StoreError
@@ -418,15 +418,23 @@ class UsageLogger:
 
     def _write(self, records: list[tuple[Any, ...]], events: list[tuple[Any, ...]]) -> None:
         """Commit one batch in one transaction, retrying transient errors with backoff."""
-        rows = [_record_row(r) for r in records]
-        fb_rows = [{"record_id": e[0], "feedback": e[1], "created_at": e[2]} for e in events]
+        fast = self.store.is_sqlite
+        rows = [_record_row(r, fast) for r in records]
+        if fast:  # the driver's executemany with tuples: no per-row ORM/Core processing on the hot writer
+            fb_rows: list[Any] = [(e[0], e[1], _sqlite_ts(e[2])) for e in events]
+        else:
+            fb_rows = [{"record_id": e[0], "feedback": e[1], "created_at": e[2]} for e in events]
         delay = 0.01
         for attempt in range(_MAX_RETRIES):
             try:
                 with self.store.write() as conn:
-                    if rows:
+                    if rows and fast:
+                        conn.exec_driver_sql(_SQLITE_INSERT_USAGE, rows)
+                    elif rows:
                         conn.execute(insert(_USAGE), rows)
-                    if fb_rows:
+                    if fb_rows and fast:
+                        conn.exec_driver_sql(_SQLITE_INSERT_FEEDBACK, fb_rows)
+                    elif fb_rows:
                         conn.execute(insert(_FEEDBACK), fb_rows)
                 self.n_committed += len(rows)
                 return
@@ -446,26 +454,29 @@ class UsageLogger:
             raise StoreError(f"could not write to the store {self.store.url}: {self.last_error}")
 
 
-def _record_row(r: tuple[Any, ...]) -> dict[str, Any]:
-    """The row of a record tuple built by ``log()`` (texts already capped; original lengths kept)."""
+_USAGE_COLUMNS = ("id", "created_at", "query", "response", "model", "latency_ms", "quality_score", "unit_id",
+                  "metadata_json", "content_hash", "truncated", "query_chars", "response_chars")
+_SQLITE_INSERT_USAGE = (f"INSERT INTO usage_records ({', '.join(_USAGE_COLUMNS)}) "
+                        f"VALUES ({', '.join('?' * len(_USAGE_COLUMNS))})")
+_SQLITE_INSERT_FEEDBACK = "INSERT INTO feedback_events (record_id, feedback, created_at) VALUES (?, ?, ?)"
+
+
+def _sqlite_ts(value: datetime) -> str:
+    """A UTC datetime in the text form SQLAlchemy's SQLite DateTime stores (naive UTC, microseconds)."""
+    if value.utcoffset():
+        value = value.astimezone(timezone.utc)
+    return f"{value:%Y-%m-%d %H:%M:%S.%f}"
+
+
+def _record_row(r: tuple[Any, ...], sqlite: bool) -> Any:
+    """The row of a record tuple built by ``log()`` (texts already capped; original lengths kept):
+    a tuple in ``_USAGE_COLUMNS`` order for SQLite's fast path, else a dict for SQLAlchemy Core."""
     record_id, created_at, query, response, model, latency, quality, unit_id, meta, q_len, r_len = r
     truncated = q_len > len(query) or r_len > len(response)
     query, response = clean_text(query), clean_text(response)
-    return {
-        "id": record_id,
-        "created_at": created_at,
-        "query": query,
-        "response": response,
-        "model": model,
-        "latency_ms": latency,
-        "quality_score": quality,
-        "unit_id": unit_id,
-        "metadata_json": meta,
-        "content_hash": content_hash(query, response),
-        "truncated": truncated,
-        "query_chars": q_len,
-        "response_chars": r_len,
-    }
+    values = (record_id, _sqlite_ts(created_at) if sqlite else created_at, query, response, model, latency, quality,
+              unit_id, meta, None, int(truncated) if sqlite else truncated, q_len, r_len)
+    return values if sqlite else dict(zip(_USAGE_COLUMNS, values))
 
 
 def _close_at_exit(ref: "weakref.ref[UsageLogger]") -> None:

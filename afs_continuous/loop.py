@@ -29,6 +29,7 @@ from .clock import Clock, utc_now
 from .config import LoopConfig
 from .experiment import Arm, Decision, Evaluation, ExperimentManager
 from .generator import GenerationResult, TrainingDataGenerator
+from ._queries import count_eligible
 from .logger import UsageLogger
 from .monitor import DriftMonitor
 from .registry import ModelRegistry, ModelVersion, VersionStatus
@@ -463,7 +464,8 @@ class ContinuousLearningLoop:
         refs = [t for t in (st["last_training_at"], st["last_schedule_at"]) if t is not None]
         ref = max(refs) if refs else st["first_start_at"]
         next_sched = (ref + timedelta(hours=tcfg.schedule_interval_hours)) if (ref and tcfg.schedule_interval_hours) else None
-        trig = self.triggers._sample_count(now, st["data_watermark"])
+        with self.store.read() as conn:  # read-only: unhashed records count as distinct (an upper bound)
+            eligible = count_eligible(conn, self.config.generator_config, st["data_watermark"], now)
         return {
             "usage_stats": usage,
             "status": {
@@ -478,7 +480,7 @@ class ContinuousLearningLoop:
                 "last_iteration_at": self.store.get_state("last_iteration_at"),
                 "cooldown_until": _iso(now + timedelta(seconds=remaining)) if remaining > 0 else None,
                 "next_scheduled_at": _iso(next_sched),
-                "eligible_samples": trig.details["eligible_samples"],
+                "eligible_samples": eligible,
                 "min_new_samples": tcfg.min_new_samples,
                 "data_watermark": _iso(st["data_watermark"]),
                 "rehearsal_buffer": str(self.generator.rehearsal_buffer.path),

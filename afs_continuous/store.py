@@ -92,7 +92,9 @@ class UsageRecord(SQLModel, table=True):
     quality_score: float | None = None
     unit_id: str | None = Field(default=None, sa_column=Column(String(200)))
     metadata_json: str | None = Field(default=None, sa_column=Column(Text))
-    content_hash: str = Field(sa_column=Column(String(32), nullable=False))
+    # Filled by the daemon for records that may be trained on (see _queries.backfill_content_hashes),
+    # not by the writer: hashing 2 KB of normalised text would cost the hot path ~25 us per record.
+    content_hash: str | None = Field(default=None, sa_column=Column(String(32), nullable=True))
     truncated: bool = False
     query_chars: int = 0
     response_chars: int = 0

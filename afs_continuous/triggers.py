@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from ._queries import count_eligible, quality_window
+from ._queries import backfill_content_hashes, count_eligible, quality_window
 from .clock import Clock, utc_now
 from .config import DataGeneratorConfig, TriggerConfig
 from .store import Store, parse_dt
@@ -158,7 +158,8 @@ class TriggerChecker:
 
     def _sample_count(self, now: datetime, watermark: datetime | None) -> TriggerCheck:
         threshold = self.config.min_new_samples
-        with self.store.read() as conn:
+        with self.store.write() as conn:
+            backfill_content_hashes(conn, self.generator_config, watermark, now)
             n = count_eligible(conn, self.generator_config, watermark, now)
         details = {"eligible_samples": n, "threshold": threshold,
                    "since": watermark.isoformat() if watermark else None}
