@@ -238,6 +238,9 @@ class LoggerConfig(_Config):
     batch_size: int = Field(500, ge=1, description="Maximum records per write transaction.")
     queue_size: int = Field(100_000, ge=1, description="Bound of the in-memory queue; when full the caller blocks up to enqueue_timeout_s.")
     enqueue_timeout_s: float = Field(5.0, ge=0, description="How long log_usage blocks on a full queue before counting the record as dropped, seconds.")
+    flush_on_sigterm: bool = Field(
+        True, description="Install a SIGTERM handler (main thread only) that flushes every logger, then runs the previous handler."
+    )
     max_text_chars: int = Field(
         200_000, ge=1, description="Longer queries/responses are stored truncated (flagged, original length kept) and never used for training."
     )

@@ -8,8 +8,9 @@ once, before the record is on disk.
 
 Durability bound (async): a record whose ``log()`` returned is committed within
 ``flush_interval_s`` while the store keeps up; ``flush()``, ``close()``,
-interpreter exit (``atexit``) and leaving a ``with`` block commit everything
-handed over so far. Only a hard kill (``kill -9``, power loss) can lose records,
+interpreter exit (``atexit``), SIGTERM (a handler installed from the main
+thread that flushes, then runs the previous handler) and leaving a ``with``
+block commit everything handed over so far. Only a hard kill (``kill -9``, power loss) can lose records,
 and only those handed over in the last ``flush_interval_s``. With
 ``durability="sync"`` every call commits before it returns.
 
@@ -25,6 +26,7 @@ import logging
 import math
 import os
 import queue
+import signal
 import threading
 import time
 import uuid
@@ -163,6 +165,9 @@ class UsageLogger:
         self._init_writer()
         ref = weakref.ref(self)
         atexit.register(_close_at_exit, ref)
+        _LIVE.add(self)
+        if self.config.flush_on_sigterm and not self._sync:
+            _install_sigterm_flush()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=lambda: _reset_after_fork(ref))
 
@@ -477,6 +482,34 @@ def _record_row(r: tuple[Any, ...], sqlite: bool) -> Any:
     values = (record_id, _sqlite_ts(created_at) if sqlite else created_at, query, response, model, latency, quality,
               unit_id, meta, None, int(truncated) if sqlite else truncated, q_len, r_len)
     return values if sqlite else dict(zip(_USAGE_COLUMNS, values))
+
+
+_LIVE: "weakref.WeakSet[UsageLogger]" = weakref.WeakSet()
+_SIGTERM_INSTALLED = False
+
+
+def _install_sigterm_flush() -> None:
+    """Once per process, from the main thread: on SIGTERM flush every live logger, then do what
+    the previous handler would have done (default: terminate with the usual SIGTERM status)."""
+    global _SIGTERM_INSTALLED
+    if _SIGTERM_INSTALLED or threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def _on_sigterm(signum: int, frame: Any) -> None:
+        for logger in list(_LIVE):
+            logger.flush(timeout_s=logger.config.flush_interval_s + 5.0)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main interpreter thread after all
+        return
+    _SIGTERM_INSTALLED = True
 
 
 def _close_at_exit(ref: "weakref.ref[UsageLogger]") -> None:
