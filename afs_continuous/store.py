@@ -40,13 +40,13 @@ __all__ = [
     "TrainingRunRow",
     "TrainingSample",
     "LoopState",
-    "SchemaInfo",
-    "SCHEMA_VERSION",
+    "DaemonLease",
+    "schema_head",
 ]
 
 log = logging.getLogger("afs_continuous")
 
-SCHEMA_VERSION = 1
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000
 
 
@@ -193,13 +193,16 @@ class LoopState(SQLModel, table=True):
     value: str = Field(sa_column=Column(Text, nullable=False))
 
 
-class SchemaInfo(SQLModel, table=True):
-    """The schema version this store was created or upgraded with."""
+class DaemonLease(SQLModel, table=True):
+    """Who may act as the daemon on this store, until when (see :mod:`afs_continuous.lease`)."""
 
-    __tablename__ = "afs_schema"
+    __tablename__ = "daemon_leases"
 
-    id: int = Field(default=1, primary_key=True)
-    version: int
+    name: str = Field(sa_column=Column(String(100), primary_key=True))
+    holder: str = Field(sa_column=Column(String(200), nullable=False))
+    acquired_at: datetime = _ts(nullable=False)
+    renewed_at: datetime = _ts(nullable=False)
+    expires_at: datetime = _ts(nullable=False)
 
 
 def _is_sqlite(url: str) -> bool:
@@ -233,13 +236,17 @@ class Store:
         url: SQLAlchemy URL, e.g. ``sqlite:///path/usage.db``. A bare path is
             accepted and treated as a SQLite file; ``~`` is expanded and parent
             directories are created.
-        create: Create missing tables (default True).
+        auto_upgrade: Create the schema in an empty store and upgrade an older
+            one in place (Alembic migrations shipped in the package). False:
+            an older store raises :class:`SchemaVersionError` asking for
+            ``afs-continuous db upgrade``.
 
     Raises:
         StoreError: The file is not a SQLite database, is corrupted, or cannot
             be opened; the message names the path and how to recover. The file
             is never deleted or overwritten.
-        SchemaVersionError: The store was written by a newer afs_continuous.
+        SchemaVersionError: The store was written by a newer afs_continuous
+            (or is older and ``auto_upgrade`` is False).
 
     Example:
         >>> import tempfile, os
@@ -248,7 +255,7 @@ class Store:
         3
     """
 
-    def __init__(self, url: str, *, create: bool = True) -> None:
+    def __init__(self, url: str, *, auto_upgrade: bool = True) -> None:
         if "://" not in url:
             url = "sqlite:///" + str(Path(url).expanduser())
         self.url = url
@@ -272,9 +279,7 @@ class Store:
             _install_sqlite_pragmas(self.engine)
         self._lock = threading.Lock()
         try:
-            if create:
-                self._create_schema()
-            self._check_schema()
+            self._prepare_schema(auto_upgrade)
         except (DatabaseError, sqlite3.DatabaseError) as exc:
             self.engine.dispose()
             where = self.path or url
@@ -284,22 +289,69 @@ class Store:
                 "Move it aside (or restore a backup) and start again, or point db_path elsewhere."
             ) from exc
 
-    def _create_schema(self) -> None:
-        with self._lock:
-            SQLModel.metadata.create_all(self.engine, tables=[t.__table__ for t in _TABLES])  # type: ignore[attr-defined]
-            with self.write() as conn:
-                row = conn.execute(text("SELECT version FROM afs_schema WHERE id = 1")).first()
-                if row is None:
-                    conn.execute(text("INSERT INTO afs_schema (id, version) VALUES (1, :v)"), {"v": SCHEMA_VERSION})
+    def _alembic_config(self, conn: Connection | None = None) -> Any:
+        from alembic.config import Config
 
-    def _check_schema(self) -> None:
-        with self.engine.connect() as conn:
-            row = conn.execute(text("SELECT version FROM afs_schema WHERE id = 1")).first()
-        if row is not None and row[0] > SCHEMA_VERSION:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        if conn is not None:
+            cfg.attributes["connection"] = conn
+        return cfg
+
+    def schema_revision(self, conn: Connection | None = None) -> str | None:
+        """The Alembic revision of this store (None for an empty store)."""
+        from alembic.runtime.migration import MigrationContext
+
+        if conn is not None:
+            return MigrationContext.configure(conn).get_current_revision()
+        with self.engine.connect() as c:
+            return MigrationContext.configure(c).get_current_revision()
+
+    def _prepare_schema(self, auto_upgrade: bool) -> None:
+        """Create or upgrade the schema under a lock, so concurrent openers upgrade it once.
+
+        SQLite: inside one ``BEGIN IMMEDIATE`` transaction (DDL is transactional);
+        PostgreSQL: under ``pg_advisory_xact_lock``.
+        """
+        from alembic import command
+        from alembic.script import ScriptDirectory
+
+        script = ScriptDirectory.from_config(self._alembic_config())
+        head = script.get_current_head()
+        current = self.schema_revision()
+        if current == head:
+            return
+        known = {rev.revision for rev in script.walk_revisions()}
+        if current is not None and current not in known:
             raise SchemaVersionError(
-                f"the store at {self.path or self.url} has schema version {row[0]}, newer than this "
-                f"afs_continuous supports ({SCHEMA_VERSION}); upgrade afs_continuous"
+                f"the store at {self.path or self.url} has schema revision {current!r}, newer than this afs_continuous "
+                f"supports (head {head!r}); upgrade afs_continuous (pip install -U afs-continuous) or point it elsewhere"
             )
+        if current is not None and not auto_upgrade:
+            raise SchemaVersionError(
+                f"the store at {self.path or self.url} has schema revision {current!r}, older than this "
+                f"afs_continuous (head {head!r}); run `afs-continuous db upgrade` first"
+            )
+        with self.write() as conn:
+            if not self.is_sqlite:
+                conn.execute(text("SELECT pg_advisory_xact_lock(7714829013)"))
+            current = self.schema_revision(conn)
+            if current == head:
+                return  # another process upgraded it while we waited for the lock
+            if current is not None:
+                log.warning("upgrading the store %s from schema %s to %s", self.path or self.url, current, head)
+            command.upgrade(self._alembic_config(conn), "head")
+
+    def upgrade(self) -> tuple[str | None, str]:
+        """Upgrade the schema to this version's head (what ``afs-continuous db upgrade`` runs).
+
+        Returns:
+            (revision before, revision after).
+        """
+        before = self.schema_revision()
+        self._prepare_schema(auto_upgrade=True)
+        return before, str(self.schema_revision())
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -382,4 +434,15 @@ def parse_dt(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value).astimezone(timezone.utc)
 
 
-_TABLES = (UsageRecord, FeedbackEvent, ModelVersionRow, ExperimentRow, TrainingRunRow, TrainingSample, LoopState, SchemaInfo)
+_TABLES = (UsageRecord, FeedbackEvent, ModelVersionRow, ExperimentRow, TrainingRunRow, TrainingSample, LoopState,
+           DaemonLease)
+
+
+def schema_head() -> str:
+    """The newest schema revision this version of afs_continuous knows."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return str(ScriptDirectory.from_config(cfg).get_current_head())

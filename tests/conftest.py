@@ -112,11 +112,57 @@ def trainer(tmp_path: Path) -> Trainer:
     return Trainer(tmp_path / "models")
 
 
+TEST_DATABASE_URL = os.environ.get("AFS_TEST_DATABASE_URL")
+
+
+def _postgres_reachable(url: str) -> str | None:
+    """None when the PostgreSQL server at ``url`` answers, else the reason."""
+    from sqlalchemy import create_engine, text
+
+    try:
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means: skip with the reason
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
 @pytest.fixture
-def make_loop() -> Iterator[Callable[..., ContinuousLearningLoop]]:
+def store_url(tmp_path: Path) -> Iterator[str]:
+    """The store URL of one test: a SQLite file in ``tmp_path`` by default; with
+    ``AFS_TEST_DATABASE_URL=postgresql+psycopg://...`` a fresh PostgreSQL schema, dropped afterwards.
+    PostgreSQL tests skip with the reason when the server does not answer."""
+    if not TEST_DATABASE_URL:
+        yield f"sqlite:///{tmp_path / 'usage.db'}"
+        return
+    why = _postgres_reachable(TEST_DATABASE_URL)
+    if why is not None:
+        pytest.skip(f"PostgreSQL at AFS_TEST_DATABASE_URL not reachable: {why}")
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in TEST_DATABASE_URL else "?"
+    try:
+        yield f"{TEST_DATABASE_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def make_loop(store_url: str) -> Iterator[Callable[..., ContinuousLearningLoop]]:
     """Factory ``make_loop(tmp_path, clock, *, train_fn=None, **overrides)``.
 
-    Builds a loop over ``tmp_path/usage.db`` (data in ``tmp_path/data``) with
+    Builds a loop over ``tmp_path/usage.db`` (or the test's PostgreSQL schema,
+    see :func:`store_url`; data in ``tmp_path/data``) with
     ``route_cache_s=0``; ``overrides`` are nested config keys merged over that
     (``trigger_config={"min_new_samples": 5}``), validated by ``load_config``
     with the environment ignored. Every loop made is closed at teardown.
@@ -127,6 +173,7 @@ def make_loop() -> Iterator[Callable[..., ContinuousLearningLoop]]:
                 **overrides: Any) -> ContinuousLearningLoop:
         base: dict[str, Any] = {
             "db_path": str(tmp_path / "usage.db"),
+            "database_url": None if store_url.startswith("sqlite") else store_url,
             "data_dir": str(tmp_path / "data"),
             "route_cache_s": 0,
             "logger_config": {"flush_interval_s": 0.05},

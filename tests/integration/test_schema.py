@@ -1,0 +1,126 @@
+"""Schema migrations (Alembic, shipped in the package): create, upgrade in place, refuse newer stores."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import sqlite3
+
+import pytest
+from alembic import command
+from alembic.migration import MigrationContext
+from alembic.autogenerate import compare_metadata
+from sqlalchemy import MetaData, text
+
+from afs_continuous import ContinuousLearningLoop, LoopConfig, ManualClock, SchemaVersionError, Store
+from afs_continuous.store import _TABLES, schema_head
+
+
+def _store_at(url: str, revision: str) -> None:
+    """Create a store at an old schema revision, as an earlier release would have."""
+    from afs_continuous.store import MIGRATIONS_DIR
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    engine.dispose()
+
+
+def test_a_new_store_is_created_at_head(store_url):
+    store = Store(store_url)
+    assert store.schema_revision() == schema_head()
+
+
+def test_models_match_the_migrations(store_url):
+    store = Store(store_url)
+    metadata = MetaData()
+    for model in _TABLES:
+        model.__table__.to_metadata(metadata)
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_first_release_store_is_upgraded_in_place_without_losing_data(store_url):
+    _store_at(store_url, "0001")
+    from sqlalchemy import create_engine  # write with plain SQL, as version 0.1 did
+
+    engine = create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO usage_records (id, created_at, query, response, model, latency_ms, quality_score, unit_id, "
+            "metadata_json, content_hash, truncated, query_chars, response_chars) VALUES "
+            "('a' || '0000000000000000000000000000000', '2026-01-01 00:00:00.000000', 'q', 'r', 'base', 12.5, 0.9, "
+            "'u1', NULL, NULL, false, 1, 1)"))
+        conn.execute(text("INSERT INTO feedback_events (record_id, feedback, created_at) VALUES "
+                          "('a0000000000000000000000000000000', 1, '2026-01-01 00:00:01.000000')"))
+        conn.execute(text("INSERT INTO model_versions (name, path, status, created_at, history_json) VALUES "
+                          "('base', NULL, 'champion', '2026-01-01 00:00:00.000000', '[]')"))
+        conn.execute(text("INSERT INTO loop_state (key, value) VALUES ('first_start_at', "
+                          "'\"2026-01-01T00:00:00+00:00\"')"))
+    engine.dispose()
+
+    with pytest.raises(SchemaVersionError, match="afs-continuous db upgrade"):
+        Store(store_url, auto_upgrade=False)
+    assert Store(store_url).schema_revision() == schema_head()  # opened: upgraded in place
+    loop = ContinuousLearningLoop(LoopConfig(database_url=store_url, data_dir="/tmp/unused"), clock=ManualClock())
+    stats = loop.logger.get_statistics()
+    assert stats["total"] == 1 and stats["positive_feedback"] == 1 and stats["avg_latency_ms"] == 12.5
+    assert loop.registry.champion().name == "base"
+    assert loop.triggers.state()["first_start_at"].year == 2026
+    loop.close()
+
+
+def test_explicit_upgrade_reports_the_revisions(store_url):
+    _store_at(store_url, "0001")
+    store = Store(store_url)  # auto-upgrades
+    assert store.upgrade() == (schema_head(), schema_head())
+
+
+def test_a_store_from_a_newer_version_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'usage.db'}"
+    Store(url)
+    con = sqlite3.connect(tmp_path / "usage.db")
+    con.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    con.commit()
+    con.close()
+    with pytest.raises(SchemaVersionError, match="newer than this afs_continuous supports"):
+        Store(url)
+    con = sqlite3.connect(tmp_path / "usage.db")
+    assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "9999_from_the_future"
+
+
+def _open(url: str, q) -> None:
+    try:
+        q.put(Store(url).schema_revision())
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        q.put(f"error: {exc}")
+
+
+def test_two_processes_upgrading_at_once_upgrade_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'usage.db'}"
+    _store_at(url, "0001")
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_open, args=(url, q)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    results = [q.get(timeout=5) for _ in procs]
+    assert results == [schema_head()] * 3
+    con = sqlite3.connect(tmp_path / "usage.db")
+    assert con.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1
+
+
+def test_a_non_sqlite_file_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "usage.db"
+    path.write_bytes(b"this is not a database, it is someone's notes\n" * 10)
+    before = path.read_bytes()
+    with pytest.raises(Exception, match="not a valid SQLite database"):
+        Store(str(path))
+    assert path.read_bytes() == before
