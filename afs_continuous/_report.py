@@ -1,8 +1,13 @@
-"""Human-readable rendering of status summaries and iteration results."""
+"""Human-readable rendering of status summaries, iteration results, versions and run reports.
+
+Every function takes the JSON-friendly dicts the API returns (``to_dict()``),
+so ``--json`` and the text output always show the same facts.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import json
+from typing import Any, Mapping, Sequence
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
@@ -95,8 +100,131 @@ def format_status(summary: Mapping[str, Any]) -> str:
         lines += ["", "Recent training runs"]
         for r in runs:
             extra = f" -> {r['model_version']}" if r.get("model_version") else ""
-            err = f"  ({(r['error'] or '').splitlines()[0][:90]})" if r.get("error") else ""
-            lines.append(f"  #{r['id']:<4} {r['started_at'][:16]}  {r['trigger']:<13} {r['status']:<11}{extra}{err}")
+            why = _first_reason(r)
+            lines.append(f"  #{r['id']:<4} {r['started_at'][:16]}  {r['trigger']:<13} {r['status']:<11}{extra}"
+                         + (f"  ({why[:90]})" if why else ""))
+    return "\n".join(lines)
+
+
+def _first_reason(run: Mapping[str, Any]) -> str:
+    decision = run.get("decision") or {}
+    reasons = [r for r in decision.get("reasons") or [] if r]
+    if reasons:
+        return str(reasons[0])
+    return (run.get("error") or "").split("\n")[0]
+
+
+def _metrics(metrics: Mapping[str, Any] | None) -> str:
+    if not metrics:
+        return "-"
+    parts = []
+    for key, value in metrics.items():
+        if key == "model_path":
+            continue
+        if isinstance(value, float):
+            parts.append(f"{key}={value:.4g}")
+        elif isinstance(value, (dict, list)):
+            parts.append(f"{key}={json.dumps(value, sort_keys=True)}")
+        else:
+            parts.append(f"{key}={value}")
+    return " ".join(parts) or "-"
+
+
+def format_versions(versions: Sequence[Mapping[str, Any]]) -> str:
+    """Render ``[ModelVersion.to_dict(), ...]``: one line per version, its metrics and its audit history."""
+    if not versions:
+        return "no model versions"
+    lines = []
+    for v in versions:
+        run = v["training_run_id"] if v["training_run_id"] is not None else "-"
+        lines.append(f"{v['name']:<24} {v['status']:<10} created {v['created_at'][:19]}  parent {v['parent'] or '-':<16} "
+                     f"run {run}")
+        if v.get("path"):
+            lines.append(f"    path     {v['path']}")
+        if v.get("metrics"):
+            lines.append(f"    metrics  {_metrics(v['metrics'])}")
+        for h in v.get("history") or []:
+            if h.get("action") == "register":
+                continue
+            prior = f" (prior champion {h['prior_champion']})" if h.get("prior_champion") else ""
+            lines.append(f"    {h['at'][:19]}  {h['action']:<11} by {h.get('actor') or '-'}{prior}: {h.get('reason') or ''}")
+    return "\n".join(lines)
+
+
+def format_runs(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Render ``[TrainingRun.to_dict(), ...]`` one line each (newest first)."""
+    if not runs:
+        return "no training runs"
+    lines = []
+    for r in runs:
+        dry = " (dry run)" if r.get("dry_run") and r["status"] != "dry_run" else ""
+        why = _first_reason(r)
+        lines.append(
+            f"#{r['id']:<4} {r['started_at'][:19]} {r['trigger']:<13} {r['status']:<11}{dry} "
+            f"new={r['counts'].get('new_samples', '-')} version={r['model_version'] or '-'}"
+            + (f"  {why[:100]}" if why else "")
+        )
+    return "\n".join(lines)
+
+
+def format_run_report(report: Mapping[str, Any]) -> str:
+    """Render one :meth:`TrainingRun.to_dict` report for people (``afs-continuous report RUN_ID``)."""
+    r = report
+    lines = [
+        f"Training run #{r['id']}: {r['status']}" + ("  (dry run)" if r.get("dry_run") and r["status"] != "dry_run" else ""),
+        f"  trigger          {(r.get('trigger_details') or {}).get('reason') or r['trigger']}",
+        f"  started          {r['started_at']}",
+        f"  finished         {r['finished_at'] or '-'}",
+        f"  source records   {r['source_start'] or '-'} .. {r['source_end'] or '-'}",
+        f"  samples          {format_counts(r['counts']) if r.get('counts') else '-'}",
+    ]
+    if r.get("data_path"):
+        lines.append(f"  training data    {r['data_path']}")
+    base, chal = r.get("baseline") or {}, r.get("challenger") or {}
+    lines += [
+        "",
+        "Baseline",
+        f"  version          {base.get('version') or '-'}" + ("  (pinned)" if base.get("pinned") else "  (champion at the time)"),
+        f"  canary metrics   {_metrics(base.get('canary_metrics'))}"
+        + (f"  ({base['canary_source']})" if base.get("canary_source") else ""),
+        "",
+        "Challenger",
+        f"  version          {chal.get('version') or '-'}",
+        f"  model path       {chal.get('model_path') or '-'}",
+        f"  training metrics {_metrics(chal.get('training_metrics'))}",
+        f"  canary metrics   {_metrics(chal.get('canary_metrics'))}",
+    ]
+    canary = r.get("canary")
+    if canary:
+        lines += ["", f"Canary gate: {'PASSED' if canary['passed'] else 'FAILED'}"]
+        for c in canary.get("checks") or []:
+            value = "n/a" if c.get("value") is None else f"{c['value']:.4f}"
+            lines.append(f"  {'ok  ' if c['passed'] else 'FAIL'} {c['metric']:<16} {c['rule']:<15} {value} (limit {c['limit']:g})")
+    exp = r.get("experiment")
+    if exp:
+        lines += ["", f"Experiment {exp['id']}: {exp['champion']} vs {exp['challenger']}, {exp['status']}"
+                  + (f", decision {exp['decision']}" if exp.get("decision") else "")]
+        if exp.get("last_evaluation"):
+            lines += format_evaluation(exp["last_evaluation"])
+    d = r.get("decision") or {}
+    lines += ["", f"Decision: {d.get('status')} by {d.get('decided_by') or '-'}"
+              + (f" at {d['decided_at']}" if d.get("decided_at") else "")]
+    if d.get("prior_champion"):
+        lines.append(f"  prior champion   {d['prior_champion']}")
+    if "would_deploy" in d:
+        lines.append(f"  would deploy     {'yes' if d['would_deploy'] else 'no'}")
+    for reason in d.get("reasons") or []:
+        lines.append(f"  - {reason}")
+    for reason in d.get("evidence_reasons") or []:
+        lines.append(f"  - (evaluation) {reason}")
+    version = r.get("version")
+    if version:
+        lines += ["", f"Resulting version {version['name']}: now {version['status']}"]
+        for h in version.get("history") or []:
+            prior = f" (prior champion {h['prior_champion']})" if h.get("prior_champion") else ""
+            lines.append(f"  {h['at'][:19]}  {h['action']:<11} by {h.get('actor') or '-'}{prior}: {h.get('reason') or ''}")
+    if r.get("error") and r["status"] in ("failed", "interrupted", "skipped"):
+        lines += ["", "Error", *("  " + line for line in r["error"].rstrip().splitlines())]
     return "\n".join(lines)
 
 
@@ -119,9 +247,20 @@ def format_iteration(result: Mapping[str, Any]) -> str:
             lines.append("  data: " + format_counts(retrain["counts"]))
         if retrain.get("data_path") and retrain["status"] == "data_ready":
             lines.append(f"  training data: {retrain['data_path']}")
+        canary = retrain.get("canary")
+        if canary:
+            lines.append(f"  canary vs {canary.get('baseline_version') or '-'}: {'passed' if canary['passed'] else 'FAILED'}"
+                         f"  challenger {_metrics(canary['challenger'])}  baseline {_metrics(canary.get('baseline'))}")
+        if "would_deploy" in retrain:
+            lines.append(f"  dry run: would {'' if retrain['would_deploy'] else 'not '}be deployed")
+        for reason in retrain.get("reasons") or []:
+            lines.append(f"  - {reason}")
         for key in ("reason", "error"):
             if retrain.get(key):
                 lines.append(f"  {key}: {retrain[key]}")
         if retrain.get("model_version"):
             lines.append(f"  model version: {retrain['model_version']} ({retrain.get('model_path')})")
+        elif retrain.get("model_path"):
+            lines.append(f"  model (not deployed): {retrain['model_path']}")
+        lines.append(f"  report: afs-continuous report {retrain['run_id']}")
     return "\n".join(lines)

@@ -2,16 +2,15 @@
 and the operator commands (``afs-continuous status|versions|promote|rollback|runs|report``).
 
 Exit codes: 0 success; 1 runtime failure (a failed training run, an unknown
-version); 2 usage or configuration error. With ``--json`` nothing but JSON is
-written to stdout; logs go to stderr.
+version or run); 2 usage or configuration error (an unknown ``--baseline-version``
+included). With ``--json`` nothing but JSON is written to stdout; logs go to stderr.
+See docs/operations.md.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -19,11 +18,12 @@ from typing import Any, Callable
 
 import click
 
-from ._report import format_iteration, format_status
+from ._imports import import_callable
+from ._report import format_iteration, format_run_report, format_runs, format_status, format_versions
 from .config import ENV_PREFIX, LoopConfig, load_config
 from .errors import AfsContinuousError, ConfigError, NotFoundError
 
-__all__ = ["main", "daemon_main", "resolve_train_fn"]
+__all__ = ["main", "daemon_main", "resolve_eval_fn", "resolve_train_fn"]
 
 log = logging.getLogger("afs_continuous")
 
@@ -56,24 +56,22 @@ def resolve_train_fn(spec: str | None, config: LoopConfig) -> Callable[[str], An
     """
     spec = spec or config.training.train_fn
     if spec:
-        module_name, sep, attr = spec.partition(":")
-        if not sep or not module_name or not attr:
-            raise ConfigError(f"train function must be given as 'module:function', got {spec!r}")
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigError(f"cannot import train function module {module_name!r}: {exc}") from None
-        fn = getattr(module, attr, None)
-        if not callable(fn):
-            raise ConfigError(f"module {module_name!r} has no callable {attr!r}")
-        return fn
+        return import_callable(spec, "train function")
     if config.training.lora is not None:
         from .training.lora import make_train_fn  # heavy imports only when configured
 
         return make_train_fn(config.training.lora)
     return None
+
+
+def resolve_eval_fn(spec: str | None, config: LoopConfig) -> Callable[[str], Any] | None:
+    """The canary evaluation named by ``spec`` (``--eval-fn``), else ``training.eval_fn``, else None.
+
+    Raises:
+        ConfigError: The module cannot be imported or has no such function.
+    """
+    spec = spec or config.training.eval_fn
+    return import_callable(spec, "eval function") if spec else None
 
 
 def _open_loop(config: LoopConfig) -> Any:
@@ -102,15 +100,22 @@ _verbose_option = click.option("-v", "--verbose", is_flag=True, help="Debug logg
 @click.option("--status", "show_status", is_flag=True, help="Print the status summary and exit.")
 @click.option("--trigger", is_flag=True, help="Run one iteration now with a manual trigger (bypasses triggers and cooldown).")
 @click.option("--no-train", is_flag=True, help="With --trigger (or in the loop): prepare the training data and stop (status data_ready).")
-@click.option("--dry-run", is_flag=True, help="Train but neither deploy nor promote; the run report says dry_run.")
+@click.option("--dry-run", is_flag=True,
+              help="Train and evaluate (canary included) but neither deploy nor promote; the run ends dry_run.")
 @click.option("--train-fn", "train_fn_spec", envvar=ENV_PREFIX + "TRAIN_FN",
               help="Training function as module:function, called as fn(data_path) -> {'model_path': ...}.")
+@click.option("--eval-fn", "eval_fn_spec", envvar=ENV_PREFIX + "TRAINING__EVAL_FN",
+              help="Canary evaluation as module:function, called as fn(model_path) -> {metric: float} on a fixed "
+                   "golden set before deployment (training.eval_fn).")
+@click.option("--baseline-version", envvar=ENV_PREFIX + "TRAINING__BASELINE_VERSION",
+              help="Compare the challenger's canary metrics with this version instead of the champion "
+                   "(training.baseline_version).")
 @click.option("--max-iterations", type=click.IntRange(min=1), default=None, help="Stop after N iterations.")
 @_json_option
 @_verbose_option
 def daemon_command(config_path: str | None, db: str | None, show_status: bool, trigger: bool, no_train: bool,
-                   dry_run: bool, train_fn_spec: str | None, max_iterations: int | None, as_json: bool,
-                   verbose: bool) -> None:
+                   dry_run: bool, train_fn_spec: str | None, eval_fn_spec: str | None, baseline_version: str | None,
+                   max_iterations: int | None, as_json: bool, verbose: bool) -> None:
     """The continuous-learning daemon.
 
     Checks every check_interval_seconds whether to retrain (enough new good
@@ -121,10 +126,15 @@ def daemon_command(config_path: str | None, db: str | None, show_status: bool, t
     """
     _setup_logging(verbose)
     config = _load(config_path, db)
+    training = show_status is False and no_train is False
     try:
-        train_fn = None if (show_status or no_train) else resolve_train_fn(train_fn_spec, config)
+        train_fn = resolve_train_fn(train_fn_spec, config) if training else None
+        eval_fn = resolve_eval_fn(eval_fn_spec, config) if training else None
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    if train_fn is not None and eval_fn is None and config.training.canary_thresholds_set:
+        raise click.UsageError("the canary gate has thresholds (training.canary_*) but no eval function: "
+                               "pass --eval-fn module:function or set training.eval_fn")
     try:
         loop = _open_loop(config)
     except AfsContinuousError as exc:
@@ -134,8 +144,15 @@ def daemon_command(config_path: str | None, db: str | None, show_status: bool, t
             summary = loop.get_status_summary()
             _emit(summary, as_json, format_status(summary))
             return
+        pinned = baseline_version if baseline_version is not None else config.training.baseline_version
+        if pinned is not None:
+            try:
+                loop.registry.get(pinned)
+            except NotFoundError as exc:
+                raise click.UsageError(f"--baseline-version: {exc}") from None
         if trigger:
-            result = loop.run_iteration(train_fn, manual=True, no_train=no_train, dry_run=dry_run)
+            result = loop.run_iteration(train_fn, manual=True, no_train=no_train, dry_run=dry_run, eval_fn=eval_fn,
+                                        baseline_version=baseline_version)
             _emit(result, as_json, format_iteration(result))
             if result.get("retrain", {}).get("status") == "failed":
                 sys.exit(1)
@@ -152,7 +169,8 @@ def daemon_command(config_path: str | None, db: str | None, show_status: bool, t
             signal.signal(sig, _stop)
         log.info("daemon started on %s; checking every %g s", loop.store.url, config.check_interval_seconds)
         try:
-            n = loop.run_loop(train_fn, max_iterations, no_train=no_train, dry_run=dry_run,
+            n = loop.run_loop(train_fn, max_iterations, no_train=no_train, dry_run=dry_run, eval_fn=eval_fn,
+                              baseline_version=baseline_version,
                               on_result=lambda result: _print_iteration(result, as_json))
         finally:
             for sig, handler in previous.items():
@@ -198,87 +216,116 @@ def status(config_path: str | None, db: str | None, as_json: bool) -> None:
 @_db_option
 @_json_option
 def versions(config_path: str | None, db: str | None, as_json: bool) -> None:
-    """List every model version with status, creation, parent, training run and metrics."""
+    """List every model version: status, creation, parent, training run, metrics and its audit history
+    (promotions, retirements and rollbacks with who, why, when and the prior champion)."""
     loop = _open_loop(_load(config_path, db))
     try:
         items = [v.to_dict() for v in loop.registry.list()]
-        text = "\n".join(
-            f"{v['name']:<24} {v['status']:<10} created {v['created_at'][:19]}  parent {v['parent'] or '-':<16} "
-            f"run {v['training_run_id'] if v['training_run_id'] is not None else '-'}"
-            for v in items
-        ) or "no model versions"
-        _emit(items, as_json, text)
+        _emit(items, as_json, format_versions(items))
     finally:
         loop.close()
 
 
-def _registry_op(op: str, name: str | None, reason: str, config_path: str | None, db: str | None, as_json: bool) -> None:
+def _registry_op(op: str, name: str | None, reason: str, actor: str, config_path: str | None, db: str | None,
+                 as_json: bool) -> None:
     loop = _open_loop(_load(config_path, db))
     try:
-        actor = os.environ.get("USER") or "operator"
+        before = loop.registry.champion()
         version = getattr(loop, op)(name, reason=reason, actor=actor)
-        _emit(version.to_dict(), as_json, f"champion is now {version.name}")
+        if before is not None and before.name == version.name:
+            text = f"{version.name} is already the champion; nothing changed"
+        else:
+            text = (f"champion is now {version.name} (was {before.name if before else '-'}); "
+                    f"recorded by {actor}: {reason}")
+        _emit(version.to_dict(), as_json, text)
     except NotFoundError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         loop.close()
 
 
+_actor_option = click.option(
+    "--actor", envvar="USER", default="operator", show_default="$USER, else operator",
+    help="Who does it, recorded in the audit history.")
+
+
 @main.command()
 @click.argument("version")
-@click.option("--reason", default="manual promotion", show_default=True)
+@click.option("--reason", default="manual promotion", show_default=True, help="Why, recorded in the audit history.")
+@_actor_option
 @_config_option
 @_db_option
 @_json_option
-def promote(version: str, reason: str, config_path: str | None, db: str | None, as_json: bool) -> None:
-    """Make VERSION the champion (recorded with who, why and the prior champion)."""
-    _registry_op("promote", version, reason, config_path, db, as_json)
+def promote(version: str, reason: str, actor: str, config_path: str | None, db: str | None, as_json: bool) -> None:
+    """Make VERSION the champion (recorded with who, why, when and the prior champion).
+
+    Ends a running experiment: promoting its challenger concludes it, promoting
+    another version retires the challenger.
+    """
+    _registry_op("promote", version, reason, actor, config_path, db, as_json)
 
 
 @main.command()
 @click.argument("version", required=False)
-@click.option("--reason", default="manual rollback", show_default=True)
+@click.option("--reason", default="manual rollback", show_default=True, help="Why, recorded in the audit history.")
+@_actor_option
 @_config_option
 @_db_option
 @_json_option
-def rollback(version: str | None, reason: str, config_path: str | None, db: str | None, as_json: bool) -> None:
-    """Restore VERSION (default: the previous champion) as champion."""
-    _registry_op("rollback", version, reason, config_path, db, as_json)
+def rollback(version: str | None, reason: str, actor: str, config_path: str | None, db: str | None,
+             as_json: bool) -> None:
+    """Restore VERSION (default: the previous champion) as champion.
+
+    Recorded in both versions' histories with who, why, when and the prior
+    champion. An unknown VERSION exits 1 and changes nothing.
+    """
+    _registry_op("rollback", version, reason, actor, config_path, db, as_json)
+
+
+_RUN_STATUSES = ["generating", "training", "skipped", "data_ready", "failed", "dry_run", "deployed", "promoted",
+                 "rejected", "rolled_back", "interrupted"]
 
 
 @main.command()
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Newest N runs.")
+@click.option("--status", "status_filter", type=click.Choice(_RUN_STATUSES), default=None, help="Only runs with this status.")
 @_config_option
 @_db_option
 @_json_option
-def runs(limit: int, config_path: str | None, db: str | None, as_json: bool) -> None:
-    """List training runs (newest first) with their status and counts."""
+def runs(limit: int, status_filter: str | None, config_path: str | None, db: str | None, as_json: bool) -> None:
+    """List training runs (newest first): status, trigger, samples, version and the decision's reason."""
     loop = _open_loop(_load(config_path, db))
     try:
-        items = [r.to_dict() for r in loop.runs.list(limit=limit)]
-        text = "\n".join(
-            f"#{r['id']:<4} {r['started_at'][:19]} {r['trigger']:<13} {r['status']:<11} "
-            f"new={r['counts'].get('new_samples', '-')} version={r['model_version'] or '-'}"
-            for r in items
-        ) or "no training runs"
-        _emit(items, as_json, text)
+        items = [r.to_dict() for r in loop.runs.list(limit=limit, status=status_filter)]
+        _emit(items, as_json, format_runs(items))
     finally:
         loop.close()
 
 
 @main.command()
 @click.argument("run_id", type=int)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also write the report as JSON to this file.")
 @_config_option
 @_db_option
-def report(run_id: int, config_path: str | None, db: str | None) -> None:
-    """Print the full report of training run RUN_ID as JSON."""
+@_json_option
+def report(run_id: int, output: str | None, config_path: str | None, db: str | None, as_json: bool) -> None:
+    """Print the report of training run RUN_ID: trigger, samples per stage, source records, baseline and
+    challenger metrics (canary and online), the decision and its reasons, the resulting version."""
     loop = _open_loop(_load(config_path, db))
     try:
-        click.echo(json.dumps(loop.runs.get(run_id).to_dict(), indent=2, default=str))
+        data = loop.runs.get(run_id).to_dict()
     except NotFoundError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         loop.close()
+    if output is not None:
+        try:
+            Path(output).expanduser().write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(f"cannot write the report to {output}: {exc}") from None
+        click.echo(f"report of run {run_id} written to {output}", err=True)
+    _emit(data, as_json, format_run_report(data))
 
 
 def daemon_main() -> None:

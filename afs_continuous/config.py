@@ -45,6 +45,7 @@ __all__ = [
     "TrainingConfig",
     "PrimaryMetric",
     "Durability",
+    "OutputFormat",
     "load_config",
     "ENV_PREFIX",
 ]
@@ -166,6 +167,17 @@ class TriggerConfig(_Config):
     cooldown_hours: float = Field(24.0, ge=0, description="Minimum hours between two training runs (survives restarts).")
 
 
+class OutputFormat(str, Enum):
+    """Line format of the exported training (and validation) JSONL."""
+
+    CHATML = "chatml"
+    """``{"messages": [{"role": "system"?, ...}, {"role": "user", ...}, {"role": "assistant", ...}]}``."""
+    ALPACA = "alpaca"
+    """``{"instruction": query, "input": "", "output": response}``."""
+    COMPLETION = "completion"
+    """``{"prompt": query, "completion": response}``."""
+
+
 class DataGeneratorConfig(_Config):
     """How a training set is built from the logged traffic."""
 
@@ -175,9 +187,22 @@ class DataGeneratorConfig(_Config):
     )
     include_unrated: bool = Field(False, description="Also keep records that have no feedback at all (only when min_user_feedback is set).")
     deduplicate: bool = Field(True, description="Drop exact duplicates after normalising whitespace and case.")
+    near_dedup_threshold: float | None = Field(
+        0.9, gt=0, le=1, description="Drop a new sample whose estimated Jaccard similarity (MinHash over word n-gram shingles "
+        "of the normalised query and response) with an earlier kept sample, a rehearsal-buffer sample or a recently "
+        "trained sample is >= this (None: exact dedup only)."
+    )
+    near_dedup_num_perm: int = Field(
+        64, ge=16, le=1024, description="MinHash permutations per signature: more is more precise and slower (index memory ~2 bytes each per sample)."
+    )
+    near_dedup_ngram: int = Field(5, ge=1, le=64, description="Words per shingle for near-duplicate detection.")
+    near_dedup_history_size: int = Field(
+        100_000, ge=0, description="Newest trained samples (latest runs first) that new samples are checked against for near "
+        "duplicates; older history is covered by the exact-content exclusion only (0: none)."
+    )
     include_existing_data: bool = Field(True, description="Mix in samples from the rehearsal buffer against forgetting.")
     existing_data_path: str | None = Field(
-        None, description="Rehearsal buffer, JSONL (chat or alpaca format). Default: <data_dir>/rehearsal_buffer.jsonl."
+        None, description="Rehearsal buffer, JSONL (chat, alpaca or completion format). Default: <data_dir>/rehearsal_buffer.jsonl."
     )
     rehearsal_fraction: float = Field(
         0.2, ge=0, lt=1, description="Target share of the final training set drawn from the rehearsal buffer (0.2 = 20%)."
@@ -185,12 +210,39 @@ class DataGeneratorConfig(_Config):
     rehearsal_buffer_size: int = Field(10_000, ge=1, description="Maximum samples kept in the rehearsal buffer (reservoir-sampled).")
     min_samples: int = Field(10, ge=1, description="A run with fewer new samples than this is skipped; train_fn is never called.")
     max_samples: int | None = Field(None, ge=1, description="Cap on new samples per training set (highest quality first).")
-    system_prompt: str | None = Field(None, description="Optional system message prepended to every exported conversation.")
-    seed: int = Field(0, description="Seed for rehearsal sampling (reproducible training sets).")
+    output_format: OutputFormat = Field(
+        OutputFormat.CHATML, description="Line format of the training JSONL: 'chatml' ({\"messages\": [...]}), "
+        "'alpaca' ({\"instruction\", \"input\", \"output\"}) or 'completion' ({\"prompt\", \"completion\"})."
+    )
+    validation_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Share of the final (shuffled) set written to <name>.val.jsonl beside the training file (0: no validation split)."
+    )
+    export_parquet: bool = Field(
+        False, description="Also write <name>.parquet (and <name>.val.parquet) beside the JSONL; needs pyarrow (the train extra)."
+    )
+    system_prompt: str | None = Field(None, description="Optional system message prepended to every exported conversation (chatml only).")
+    seed: int = Field(0, description="Seed for rehearsal sampling, the shuffle and the validation split (reproducible training sets).")
     late_arrival_hours: float = Field(
         24.0, ge=0, description="Each run reconsiders records created up to this many hours before the previous run, "
         "so records committed late or feedback given late still count; content already trained on is excluded by hash."
     )
+
+    @model_validator(mode="after")
+    def _check_export(self) -> "DataGeneratorConfig":
+        if self.system_prompt is not None and self.output_format is not OutputFormat.CHATML:
+            raise ValueError(
+                f"system_prompt is only written in the 'chatml' output format, got output_format "
+                f"{self.output_format.value!r}; drop system_prompt or use 'chatml'"
+            )
+        if self.export_parquet:
+            import importlib.util
+
+            if importlib.util.find_spec("pyarrow") is None:
+                raise ValueError(
+                    "export_parquet needs pyarrow, which is not installed: pip install 'afs-continuous[train]' "
+                    "(or pip install pyarrow), or set export_parquet to false"
+                )
+        return self
 
 
 class ABTestConfig(_Config):
@@ -247,13 +299,44 @@ class LoggerConfig(_Config):
 
 
 class TrainingConfig(_Config):
-    """Training function used by the daemon when none is passed on the command line."""
+    """Training function used by the daemon when none is passed on the command line, and the canary gate.
+
+    The canary gate runs ``eval_fn(model_path) -> {metric: float}`` on your
+    fixed golden set after training and before deployment, for the challenger
+    and for the baseline (the champion, or ``baseline_version``). A challenger
+    that misses a floor, exceeds a ceiling or regresses against the baseline
+    by more than allowed is not deployed; its run is ``rejected`` with the
+    reasons and both metric sets.
+    """
 
     train_fn: str | None = Field(None, description="Import path 'module:function' of a train_fn(data_path) -> dict.")
     lora: dict[str, Any] | None = Field(
         None, description="Settings of the reference LoRA trainer (afs_continuous.training.lora.LoRATrainingConfig)."
     )
     timeout_s: float | None = Field(None, gt=0, description="Seconds after which a hanging train_fn is reported as failed.")
+    eval_fn: str | None = Field(
+        None, description="Canary gate: import path 'module:function' of an eval_fn(model_path) -> {metric: float} run on a "
+        "fixed golden set after training, before deployment (None: no canary evaluation)."
+    )
+    eval_timeout_s: float | None = Field(None, gt=0, description="Seconds after which a hanging eval_fn is reported as failed.")
+    canary_min_metrics: dict[str, float] = Field(
+        {}, description="Canary gate: floors, e.g. {\"accuracy\": 0.8}; a challenger below one is rejected."
+    )
+    canary_max_metrics: dict[str, float] = Field(
+        {}, description="Canary gate: ceilings, e.g. {\"loss\": 2.0}; a challenger above one is rejected."
+    )
+    canary_max_regression: dict[str, float] = Field(
+        {}, description="Canary gate: largest allowed worsening against the baseline's canary metrics, "
+        "absolute in the metric's units, e.g. {\"accuracy\": 0.02} (0.85 -> 0.83 passes, 0.82 is rejected)."
+    )
+    canary_lower_is_better: list[str] = Field(
+        [], description="Metrics for which lower is better (loss, perplexity); every other metric is "
+        "higher-is-better when canary_max_regression is checked."
+    )
+    baseline_version: str | None = Field(
+        None, description="Compare challengers' canary metrics with this model version instead of the current champion "
+        "(--baseline-version overrides). The online A/B test always runs against the serving champion."
+    )
 
     @field_validator("lora")
     @classmethod
@@ -265,6 +348,35 @@ class TrainingConfig(_Config):
 
             LoRATrainingConfig(**value)
         return value
+
+    @field_validator("canary_min_metrics", "canary_max_metrics", "canary_max_regression")
+    @classmethod
+    def _check_thresholds(cls, value: dict[str, float], info: Any) -> dict[str, float]:
+        import math
+
+        for metric, limit in value.items():
+            if not metric:
+                raise ValueError("metric names must be non-empty")
+            if not math.isfinite(limit):
+                raise ValueError(f"{metric!r}: threshold must be a finite number, got {limit!r}")
+            if info.field_name == "canary_max_regression" and limit < 0:
+                raise ValueError(f"{metric!r}: allowed regression must be >= 0 (an absolute amount), got {limit!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_directions(self) -> "TrainingConfig":
+        for metric in self.canary_max_regression:
+            if metric in self.canary_max_metrics and metric not in self.canary_lower_is_better:
+                raise ValueError(
+                    f"canary_max_regression names {metric!r}, which has a ceiling in canary_max_metrics (so lower is "
+                    f"better) but is not in canary_lower_is_better; add it there so a drop counts as an improvement"
+                )
+        return self
+
+    @property
+    def canary_thresholds_set(self) -> bool:
+        """True when any canary threshold is configured (the gate then requires an eval_fn)."""
+        return bool(self.canary_min_metrics or self.canary_max_metrics or self.canary_max_regression)
 
 
 class LoopConfig(_Config):

@@ -7,42 +7,42 @@ and :meth:`~ContinuousLearningLoop.record_feedback` record traffic.
 Daemon side: :meth:`~ContinuousLearningLoop.run_iteration` (every
 ``check_interval_seconds`` under :meth:`~ContinuousLearningLoop.run_loop`)
 evaluates the running experiment and acts on it, checks the triggers, and when
-one fires builds a training set, calls ``train_fn(data_path)``, registers the
-result and deploys it as challenger (or as champion when A/B testing is off).
+one fires runs the retrain pipeline (:mod:`afs_continuous._pipeline`): builds a
+training set, calls ``train_fn(data_path)``, runs the canary gate
+(``eval_fn(model_path)``) and deploys the result as challenger (or as champion
+when A/B testing is off).
+
+Operations: :meth:`~ContinuousLearningLoop.promote` and
+:meth:`~ContinuousLearningLoop.rollback` (recorded with who, why, when and the
+prior champion), and ``loop.runs.get(run_id)`` / ``loop.runs.list()`` for the
+training-run reports.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import random
 import threading
 import time
-import traceback
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from sqlalchemy import insert
-
+from ._canary import EvalFn
+from ._pipeline import RetrainPipeline, TrainFn
 from .clock import Clock, utc_now
 from .config import LoopConfig
 from .experiment import Arm, Decision, Evaluation, ExperimentManager
-from .generator import GenerationResult, TrainingDataGenerator
+from .generator import TrainingDataGenerator
 from ._queries import count_eligible
 from .logger import UsageLogger
 from .monitor import DriftMonitor
-from .registry import ModelRegistry, ModelVersion, VersionStatus
+from .registry import ModelRegistry, ModelVersion
 from .runs import RunStatus, TrainingRunLog
-from .store import Store, TrainingSample
-from .triggers import TriggerChecker, TriggerResult, TriggerType
+from .store import Store
+from .triggers import TriggerChecker, TriggerType
 
-__all__ = ["ContinuousLearningLoop", "TrainFn"]
+__all__ = ["ContinuousLearningLoop", "EvalFn", "TrainFn"]
 
 log = logging.getLogger("afs_continuous")
-
-TrainFn = Callable[[str], Mapping[str, Any]]
-_SAMPLES = TrainingSample.__table__  # type: ignore[attr-defined]
 
 
 class ContinuousLearningLoop:
@@ -55,6 +55,9 @@ class ContinuousLearningLoop:
             for every timestamp, trigger and experiment duration.
         train_fn: Default training function for :meth:`run_iteration` and
             :meth:`run_loop`: ``train_fn(data_path) -> {"model_path": str, ...metrics}``.
+        eval_fn: Default canary evaluation: ``eval_fn(model_path) -> {metric: float}``
+            on a fixed golden set (default: ``training.eval_fn`` of the
+            configuration, imported at the first training run; None: no canary).
 
     Raises:
         StoreError: The store cannot be opened.
@@ -73,10 +76,11 @@ class ContinuousLearningLoop:
     """
 
     def __init__(self, config: LoopConfig | None = None, *, clock: Clock = utc_now,
-                 train_fn: TrainFn | None = None) -> None:
+                 train_fn: TrainFn | None = None, eval_fn: EvalFn | None = None) -> None:
         self.config = config if config is not None else LoopConfig()
         self.clock = clock
         self.train_fn = train_fn
+        self.eval_fn = eval_fn
         cfg = self.config
         self.store = Store(cfg.store_url)
         self.logger = UsageLogger(self.store, config=cfg.logger_config, clock=clock)
@@ -86,6 +90,8 @@ class ContinuousLearningLoop:
         self.generator = TrainingDataGenerator(self.store, cfg.generator_config, cfg.data_path, clock=clock)
         self.runs = TrainingRunLog(self.store, clock=clock)
         self.monitor = DriftMonitor(self.store, cfg.ab_test_config, clock=clock)
+        self.pipeline = RetrainPipeline(cfg, self.store, self.registry, self.experiments, self.generator, self.runs,
+                                        self.triggers, on_deploy=self._invalidate)
         self._stop = threading.Event()
         self._route_cache: tuple[float, ModelVersion, ModelVersion | None, Any] | None = None
         with self.store.write() as conn:
@@ -155,7 +161,8 @@ class ContinuousLearningLoop:
         return None if exp is None else self.experiments.evaluate(exp, record=False)
 
     def run_iteration(self, train_fn: TrainFn | None = None, *, manual: bool = False, no_train: bool = False,
-                      dry_run: bool = False) -> dict[str, Any]:
+                      dry_run: bool = False, eval_fn: EvalFn | None = None,
+                      baseline_version: str | None = None) -> dict[str, Any]:
         """One pass of the loop: act on the experiment, check triggers, retrain if needed.
 
         Args:
@@ -164,13 +171,26 @@ class ContinuousLearningLoop:
                 triggered run prepares data only (status ``data_ready``).
             manual: Retrain now regardless of triggers and cooldown (``--trigger``).
             no_train: Prepare the training data and stop (status ``data_ready``).
-            dry_run: Train, but neither deploy nor promote; the report says ``dry_run``.
+            dry_run: Train and evaluate (canary included), but neither deploy
+                nor promote; the run ends ``dry_run`` and consumes no data.
+            eval_fn: Canary evaluation ``eval_fn(model_path) -> {metric: float}``
+                (default: the constructor's, else ``training.eval_fn``).
+            baseline_version: Compare the challenger's canary metrics with this
+                version instead of the champion (default: ``training.baseline_version``).
+                The online experiment still runs against the serving champion.
 
         Returns:
             ``{"timestamp", "retrain_triggered": bool, "trigger": {...},
-            "experiment": {...} | None, "retrain": {"status", "run_id", "counts",
-            "model_version", "error", ...}}`` (``retrain`` only when triggered).
+            "experiment": {...} | None, "drift": {...} | None, "retrain": {"status",
+            "run_id", "counts", "baseline_version", "metrics", "canary",
+            "model_version", "model_path", "reasons", "error", ...}}``
+            (``retrain`` only when triggered).
+
+        Raises:
+            NotFoundError: ``baseline_version`` names no model version; nothing is done.
         """
+        pinned_name = baseline_version if baseline_version is not None else self.config.training.baseline_version
+        pinned = self.registry.get(pinned_name) if pinned_name is not None else None
         self.logger.flush()
         interrupted = self.runs.recover_interrupted()
         if interrupted:
@@ -195,7 +215,9 @@ class ContinuousLearningLoop:
             return result
         result["retrain_triggered"] = True
         fn = train_fn if train_fn is not None else self.train_fn
-        result["retrain"] = self._retrain(trig, None if no_train else fn, dry_run=dry_run)
+        evaluate = next((f for f in (eval_fn, self.eval_fn, self.config.training.eval_fn) if f is not None), None)
+        result["retrain"] = self.pipeline.run(trig, None if no_train else fn, eval_fn=evaluate, dry_run=dry_run,
+                                              baseline=pinned)
         return result
 
     def _watch_champion(self, now: Any) -> dict[str, Any] | None:
@@ -206,8 +228,6 @@ class ContinuousLearningLoop:
             return None
         if check.rollback:
             self.rollback(check.previous, reason=check.reason, actor="drift-monitor")
-            with self.store.write() as conn:
-                self._set_run_outcome(check.champion, RunStatus.ROLLED_BACK, conn)
             log.warning("rolled back to %s: %s", check.previous, check.reason)
         return check.to_dict()
 
@@ -218,7 +238,7 @@ class ContinuousLearningLoop:
             with self.store.write() as conn:
                 self.registry.promote(exp.challenger, reason="; ".join(ev.reasons), evidence=ev.to_dict(), conn=conn)
                 self.experiments.conclude(exp, Decision.PROMOTE, conn=conn)
-                self._set_run_outcome(exp.challenger, RunStatus.PROMOTED, conn)
+                self.runs.set_outcome(exp.challenger, RunStatus.PROMOTED, conn=conn)
                 base = ev.champion
                 baseline = ArmSummary(base["n"], base["mean"], base["variance"]) if base["n"] >= 2 else None
                 self.monitor.start(exp.challenger, exp.champion, baseline, conn=conn)
@@ -227,149 +247,15 @@ class ContinuousLearningLoop:
             with self.store.write() as conn:
                 self.registry.retire(exp.challenger, reason="; ".join(ev.reasons), evidence=ev.to_dict(), conn=conn)
                 self.experiments.conclude(exp, Decision.STOP, conn=conn)
-                self._set_run_outcome(exp.challenger, RunStatus.REJECTED, conn)
+                self.runs.set_outcome(exp.challenger, RunStatus.REJECTED, conn=conn)
             log.info("stopped experiment, retired %s: %s", exp.challenger, "; ".join(ev.reasons))
         elif ev.decision == Decision.INVALID:
             log.warning("experiment %d invalid: %s", exp.id, "; ".join(ev.reasons))
         self._invalidate()
 
-    def _set_run_outcome(self, version: str, status: RunStatus, conn: Any) -> None:
-        run_id = self.runs.by_version(version, conn=conn)
-        if run_id is not None:
-            self.runs.update(run_id, status=status, conn=conn)
-
-    def _retrain(self, trig: TriggerResult, train_fn: TrainFn | None, *, dry_run: bool) -> dict[str, Any]:
-        trigger = trig.trigger.value if trig.trigger else "manual"
-        run_id = self.runs.create(trigger, trig.to_dict(), dry_run=dry_run)
-        report: dict[str, Any] = {"run_id": run_id, "trigger": trigger, "dry_run": dry_run}
-        watermark = self.triggers.state()["data_watermark"]
-        try:
-            gen = self.generator.generate(after=watermark, until=trig.checked_at, name=f"run-{run_id:05d}")
-        except Exception as exc:  # noqa: BLE001 - a broken run must not crash the daemon
-            return self._fail(run_id, report, f"data generation failed: {type(exc).__name__}: {exc}", exc)
-        report["counts"] = gen.counts
-        report["data_path"] = str(gen.output_path) if gen.output_path else None
-        self.runs.update(run_id, counts=gen.counts, data_path=report["data_path"], source_start=gen.source_start,
-                         source_end=gen.source_end)
-        log.info("run %d data: %s", run_id, _fmt_counts(gen.counts))
-        if gen.output_path is None:
-            reason = (f"only {gen.n_new} new samples after filtering, need at least "
-                      f"{self.config.generator_config.min_samples}; train_fn not called")
-            self.runs.update(run_id, status=RunStatus.SKIPPED, error=reason, finished=True)
-            return {**report, "status": RunStatus.SKIPPED.value, "reason": reason}
-        if train_fn is None:
-            if not trig.trigger == TriggerType.MANUAL:
-                self.store.set_state("last_training_at", trig.checked_at)
-            self.runs.update(run_id, status=RunStatus.DATA_READY, finished=True)
-            return {**report, "status": RunStatus.DATA_READY.value}
-        self.store.set_state("last_training_at", trig.checked_at)
-        self.runs.update(run_id, status=RunStatus.TRAINING)
-        try:
-            outcome = self._call_train_fn(train_fn, gen.output_path)
-            model_path = self._check_outcome(outcome)
-        except Exception as exc:  # noqa: BLE001 - reported as a failed run, the daemon keeps going
-            return self._fail(run_id, report, f"{type(exc).__name__}: {exc}", exc)
-        except BaseException as exc:  # Ctrl-C / SystemExit: record it, then let it stop the process
-            self.runs.update(run_id, status=RunStatus.INTERRUPTED, finished=True,
-                             error=f"interrupted by {type(exc).__name__} during train_fn")
-            raise
-        metrics = {k: v for k, v in outcome.items() if _jsonable(v)}
-        report["metrics"] = metrics
-        if dry_run:
-            self.runs.update(run_id, status=RunStatus.REJECTED, metrics=metrics, finished=True,
-                             error="dry run: trained and evaluated, not deployed")
-            return {**report, "status": "dry_run", "model_path": model_path}
-        return self._deploy(run_id, report, gen, model_path, metrics)
-
-    def _call_train_fn(self, train_fn: TrainFn, data_path: Path) -> Mapping[str, Any]:
-        timeout = self.config.training.timeout_s
-        if timeout is None:
-            return train_fn(str(data_path))
-        box: dict[str, Any] = {}
-
-        def target() -> None:
-            try:
-                box["result"] = train_fn(str(data_path))
-            except BaseException as exc:  # noqa: BLE001
-                box["error"] = exc
-
-        worker = threading.Thread(target=target, name="afs-continuous-train", daemon=True)
-        worker.start()
-        worker.join(timeout)
-        if worker.is_alive():
-            raise TimeoutError(f"train_fn did not return within {timeout:g} s (training.timeout_s)")
-        if "error" in box:
-            raise box["error"]
-        return box["result"]
-
-    def _check_outcome(self, outcome: Any) -> str:
-        if not isinstance(outcome, Mapping):
-            raise ValueError(f"train_fn must return a dict with 'model_path', got {type(outcome).__name__}: {outcome!r}")
-        model_path = outcome.get("model_path")
-        if not isinstance(model_path, (str, os.PathLike)) or not str(model_path):
-            raise ValueError(f"train_fn result has no 'model_path' (keys: {sorted(outcome)})")
-        model_path = str(model_path)
-        if not Path(model_path).expanduser().exists():
-            raise ValueError(f"train_fn returned model_path {model_path!r}, which does not exist")
-        champion = self.registry.champion()
-        if champion is not None and champion.path and Path(champion.path).expanduser().resolve() == Path(model_path).expanduser().resolve():
-            raise ValueError(f"train_fn returned the champion's own path {model_path!r}; a new model must be saved elsewhere")
-        return model_path
-
-    def _fail(self, run_id: int, report: dict[str, Any], reason: str, exc: BaseException) -> dict[str, Any]:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        log.error("training run %d failed: %s", run_id, reason)
-        self.runs.update(run_id, status=RunStatus.FAILED, error=f"{reason}\n\n{tb}", finished=True)
-        return {**report, "status": RunStatus.FAILED.value, "error": reason}
-
-    def _deploy(self, run_id: int, report: dict[str, Any], gen: GenerationResult, model_path: str,
-                metrics: dict[str, Any]) -> dict[str, Any]:
-        champion = self.registry.champion()
-        name = f"{self.config.champion_model}-ft{run_id}"
-        ab = self.config.enable_ab_testing
-        with self.store.write() as conn:
-            status = VersionStatus.CHALLENGER if ab else VersionStatus.CHAMPION
-            self.registry.register(name, path=model_path, status=status, parent=champion.name if champion else None,
-                                   training_run_id=run_id, metrics=metrics,
-                                   reason=f"trained by run {run_id} ({report['trigger']})", conn=conn)
-            replaced = self.experiments.active(conn=conn)
-            if replaced is not None:  # a manual run while a challenger was under test replaces it
-                self._set_run_outcome(replaced.challenger, RunStatus.REJECTED, conn)
-            if ab:
-                exp = self.experiments.start(champion.name if champion else self.config.champion_model, name, conn=conn)
-                report["experiment_id"] = exp.id
-            if gen.record_ids:
-                conn.execute(insert(_SAMPLES), [
-                    {"record_id": rid, "run_id": run_id, "content_hash": h}
-                    for rid, h in zip(gen.record_ids, gen.content_hashes)
-                ])
-            grace = timedelta(hours=self.config.generator_config.late_arrival_hours)
-            self.store.set_state("data_watermark", gen.until - grace if gen.until else None, conn=conn)
-            run_status = RunStatus.DEPLOYED if ab else RunStatus.PROMOTED
-            self.runs.update(run_id, status=run_status, metrics=metrics, model_version=name, finished=True, conn=conn)
-        self._invalidate()
-        self._update_rehearsal(gen)
-        if gen.output_path is not None and not self.config.keep_training_data:
-            gen.output_path.unlink(missing_ok=True)
-        how = (f"challenger at {self.config.ab_test_config.initial_challenger_traffic:.0%} of traffic" if ab
-               else "champion (A/B testing disabled)")
-        log.info("run %d deployed %s as %s", run_id, name, how)
-        return {**report, "status": run_status.value, "model_version": name, "model_path": model_path}
-
-    def _update_rehearsal(self, gen: GenerationResult) -> None:
-        cfg = self.config.generator_config
-        if not gen.new_samples:
-            return
-        try:
-            n_seen = self.store.get_state("rehearsal_n_seen")
-            rng = random.Random(f"{cfg.seed}:{n_seen}")
-            n_seen = self.generator.rehearsal_buffer.add(gen.new_samples, n_seen=n_seen, rng=rng)
-            self.store.set_state("rehearsal_n_seen", n_seen)
-        except OSError as exc:
-            log.error("could not update the rehearsal buffer: %s", exc)
-
     def run_loop(self, train_fn: TrainFn | None = None, max_iterations: int | None = None, *,
-                 no_train: bool = False, dry_run: bool = False,
+                 no_train: bool = False, dry_run: bool = False, eval_fn: EvalFn | None = None,
+                 baseline_version: str | None = None,
                  on_result: Callable[[dict[str, Any]], None] | None = None) -> int:
         """Run :meth:`run_iteration` every ``check_interval_seconds`` until :meth:`stop`.
 
@@ -381,7 +267,9 @@ class ContinuousLearningLoop:
             train_fn: Training function (default: the constructor's).
             max_iterations: Stop after this many iterations (None: until stopped).
             no_train: Prepare data only in triggered runs.
-            dry_run: Train but neither deploy nor promote.
+            dry_run: Train and evaluate but neither deploy nor promote.
+            eval_fn: Canary evaluation (default: the constructor's, else ``training.eval_fn``).
+            baseline_version: Pinned canary baseline (see :meth:`run_iteration`).
             on_result: Called with each iteration's result dict.
 
         Returns:
@@ -390,7 +278,8 @@ class ContinuousLearningLoop:
         n = 0
         while not self._stop.is_set():
             try:
-                result = self.run_iteration(train_fn, no_train=no_train, dry_run=dry_run)
+                result = self.run_iteration(train_fn, no_train=no_train, dry_run=dry_run, eval_fn=eval_fn,
+                                            baseline_version=baseline_version)
                 if on_result is not None:
                     on_result(result)
             except Exception:  # noqa: BLE001 - the daemon keeps running
@@ -409,37 +298,56 @@ class ContinuousLearningLoop:
     # ---- operations ----------------------------------------------------------------------
 
     def promote(self, name: str, *, reason: str = "manual promotion", actor: str = "operator") -> ModelVersion:
-        """Make version ``name`` champion now (ends a running experiment on it).
+        """Make version ``name`` champion now; recorded with ``actor``, ``reason``, the time and the prior champion.
+
+        A running experiment ends: promoting its challenger concludes it
+        (``promote``); promoting any other version retires the challenger
+        (``stop``). The training run of ``name`` becomes ``promoted``.
 
         Raises:
             NotFoundError: Unknown version; nothing changes.
         """
         exp = self.experiments.active()
         with self.store.write() as conn:
+            before = self.registry.champion(conn=conn)
             version = self.registry.promote(name, reason=reason, actor=actor, conn=conn)
+            if before is None or before.name != version.name:
+                self.runs.set_outcome(name, RunStatus.PROMOTED, conn=conn)
             if exp is not None:
                 if exp.challenger == name:
                     self.experiments.conclude(exp, Decision.PROMOTE, conn=conn)
-                    self._set_run_outcome(name, RunStatus.PROMOTED, conn)
                 else:
-                    self.registry.retire(exp.challenger, reason=f"experiment ended by manual promotion of {name}", conn=conn)
+                    self.registry.retire(exp.challenger, reason=f"experiment ended by manual promotion of {name}: "
+                                         f"{reason}", actor=actor, conn=conn)
                     self.experiments.conclude(exp, Decision.STOP, conn=conn)
+                    self.runs.set_outcome(exp.challenger, RunStatus.REJECTED, conn=conn)
         self._invalidate()
         return version
 
     def rollback(self, name: str | None = None, *, reason: str = "manual rollback", actor: str = "operator") -> ModelVersion:
         """Restore ``name`` (default: the previous champion) as champion; ends a running experiment.
 
+        Recorded in both versions' histories with ``actor``, ``reason``, the
+        time and the prior champion. The run that produced the replaced
+        champion becomes ``rolled_back``; the run of the restored version
+        ``promoted``. Idempotent (see :meth:`ModelRegistry.rollback`).
+
         Raises:
             NotFoundError: Unknown version or no previous champion; nothing changes.
         """
         exp = self.experiments.active()
         with self.store.write() as conn:
+            before = self.registry.champion(conn=conn)
             version = self.registry.rollback(name, reason=reason, actor=actor, conn=conn)
-            self.monitor.stop(conn=conn)
+            if before is not None and before.name != version.name:
+                self.runs.set_outcome(before.name, RunStatus.ROLLED_BACK, conn=conn)
+                self.runs.set_outcome(version.name, RunStatus.PROMOTED, conn=conn)
+                self.monitor.stop(conn=conn)
             if exp is not None:
-                self.registry.retire(exp.challenger, reason=f"experiment ended by rollback to {version.name}", conn=conn)
+                self.registry.retire(exp.challenger, reason=f"experiment ended by rollback to {version.name}: {reason}",
+                                     actor=actor, conn=conn)
                 self.experiments.conclude(exp, Decision.STOP, conn=conn)
+                self.runs.set_outcome(exp.challenger, RunStatus.REJECTED, conn=conn)
         self._invalidate()
         return version
 
@@ -504,11 +412,3 @@ class ContinuousLearningLoop:
 
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
-
-
-def _jsonable(value: Any) -> bool:
-    return isinstance(value, (str, int, float, bool, type(None), list, dict))
-
-
-def _fmt_counts(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in counts.items())

@@ -171,6 +171,9 @@ class TrainingRunRow(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text))
     dry_run: bool = False
     owner: str | None = Field(default=None, sa_column=Column(String(200)))
+    # The run's own pre-deployment decision (baseline version, challenger path, canary result); later
+    # decisions (experiment, promotion, rollback) are derived from the registry and the experiments.
+    decision_json: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class TrainingSample(SQLModel, table=True):

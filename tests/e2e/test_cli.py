@@ -97,8 +97,12 @@ def test_failing_train_fn_is_a_failed_run_not_a_crash(workdir):
     assert "failed" in proc.stdout and "CUDA out of memory" in proc.stdout
     runs = json.loads(run(CLI + ["runs", "--config", "config.json", "--json"], workdir, check=True).stdout)
     assert runs[0]["status"] == "failed" and "Traceback" in runs[0]["error"]
-    report = json.loads(run(CLI + ["report", str(runs[0]["id"]), "--config", "config.json"], workdir, check=True).stdout)
+    report = json.loads(run(CLI + ["report", str(runs[0]["id"]), "--config", "config.json", "--json"], workdir,
+                            check=True).stdout)
     assert report["counts"]["new_samples"] == 30
+    assert report["decision"]["reasons"] == ["RuntimeError: CUDA out of memory (simulated by the user's train_fn)"]
+    human = run(CLI + ["report", str(runs[0]["id"]), "--config", "config.json"], workdir, check=True).stdout
+    assert f"Training run #{runs[0]['id']}: failed" in human and "CUDA out of memory" in human
 
 
 def test_sigterm_stops_the_daemon_cleanly(workdir):

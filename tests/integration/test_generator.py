@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from afs_continuous import ManualClock, RehearsalBuffer, UsageLogger
+from afs_continuous import RehearsalBuffer, UsageLogger
 
 NO_TRIGGERS = {"min_new_samples": None, "schedule_interval_hours": None, "quality_drop_threshold": None}
 
@@ -66,9 +66,11 @@ def test_every_stage_is_counted(staged) -> None:
         "after_feedback": 8,  # thumbs down and unrated removed
         "after_dedup": 5,  # two variants of "new question one" folded into one; T1 and "trained question ONE" too
         "after_exclude_trained": 3,  # T1, T2 (and so "trained question ONE") were used by run 1
+        "after_near_dedup": 3,  # short, different texts: no near duplicates
         "new_samples": 3,
         "rehearsal_samples": 0,
         "total": 3,
+        "validation_samples": 0,
     }
     # highest quality first, and the dedup survivor is the best-scored variant
     assert gen.record_ids == [ids["dup_case"], ids["n2"], ids["n3"]]
@@ -262,3 +264,282 @@ def test_reservoir_keeps_a_uniform_sample_of_history(tmp_path: Path) -> None:
     # each cycle's 10 items hold ~100 of the 1000 kept samples (sd ~9.5); "keep the newest" gives 0 or 1000
     per_cycle = [sum(hits[c * 10:(c + 1) * 10]) for c in range(10)]
     assert all(60 <= n <= 140 for n in per_cycle), per_cycle
+
+
+# ------------------------------------------------------------------ near duplicates, formats, splits, export
+
+def edited(text: str, k: int = 0) -> str:
+    """``text`` with one word in the middle changed: a near duplicate (Jaccard ~0.97 for 300 words)."""
+    words = text.split(" ")
+    i = len(words) // 2 + k
+    words[i] = words[i] + "s"
+    return " ".join(words)
+
+
+@pytest.fixture
+def long_rows(good_rows) -> list[dict[str, Any]]:
+    """Judge-preferred rows with answers of 150+ words (one edited word keeps Jaccard >= 0.9)."""
+    rows = [r for r in good_rows if len(r["output"].split()) >= 150]
+    assert len(rows) >= 100
+    return rows
+
+
+def test_near_duplicates_within_new_data_keep_the_best_scored(tmp_path, clock, make_loop, long_rows) -> None:
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 5, "include_existing_data": False})
+    lg = loop.logger
+    originals = [log(lg, r["instruction"], r["output"], 0.8, 1) for r in long_rows[:20]]
+    variants = [log(lg, r["instruction"], edited(r["output"]), 0.75, 1) for r in long_rows[:5]]
+    better = log(lg, long_rows[5]["instruction"], edited(long_rows[5]["output"], 3), 0.95, 1)
+    lg.flush()
+    gen = loop.generator.generate(after=None)
+    assert gen.counts["after_exclude_trained"] == 26  # every variant differs exactly
+    assert gen.counts["after_near_dedup"] == gen.counts["new_samples"] == gen.counts["total"] == 20
+    ids = gen.record_ids
+    assert ids[0] == better and originals[5] not in ids  # the better-scored variant survives, first
+    assert not set(variants) & set(ids)
+    assert len(read_jsonl(gen.output_path)) == 20
+
+
+def test_near_duplicate_removal_can_be_switched_off(tmp_path, clock, make_loop, long_rows) -> None:
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 5, "include_existing_data": False, "near_dedup_threshold": None})
+    for r in long_rows[:10]:
+        log(loop.logger, r["instruction"], r["output"], 0.8, 1)
+        log(loop.logger, r["instruction"], edited(r["output"]), 0.8, 1)
+    loop.logger.flush()
+    gen = loop.generator.generate(after=None)
+    assert gen.counts["after_near_dedup"] == gen.counts["new_samples"] == 20
+
+
+@pytest.mark.parametrize("mixed", [True, False])
+def test_near_duplicates_of_the_rehearsal_buffer_are_dropped(tmp_path, clock, make_loop, alpaca, long_rows,
+                                                            mixed) -> None:
+    old = [r for r in alpaca("FuseChat-Qwen-2.5-7B") if len(r["output"].split()) >= 150][:30]
+    buffer_path = tmp_path / "buffer.jsonl"
+    buffer_path.write_text("".join(json.dumps({"instruction": r["instruction"], "input": "", "output": r["output"]}) + "\n"
+                                   for r in old), encoding="utf-8")
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 5, "existing_data_path": str(buffer_path),
+                                       "include_existing_data": mixed})
+    for r in long_rows[:20]:
+        log(loop.logger, r["instruction"], r["output"], 0.8, 1)
+    for r in old[:5]:
+        log(loop.logger, r["instruction"], edited(r["output"]), 0.9, 1)
+    loop.logger.flush()
+    gen = loop.generator.generate(after=None)
+    assert gen.counts["after_exclude_trained"] == 25
+    # checked against the buffer only when it is mixed into the training set
+    assert gen.counts["after_near_dedup"] == (20 if mixed else 25)
+    assert gen.counts["rehearsal_samples"] == (5 if mixed else 0)  # round(20 * 0.2 / 0.8)
+
+
+@pytest.mark.parametrize("history", [100_000, 0])
+def test_near_duplicates_of_earlier_training_runs_are_dropped(tmp_path, clock, make_loop, trainer, long_rows,
+                                                             history) -> None:
+    loop = make_loop(tmp_path, clock, enable_ab_testing=False, train_fn=trainer, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 5, "include_existing_data": False,
+                                       "near_dedup_history_size": history})
+    for r in long_rows[:20]:
+        log(loop.logger, r["instruction"], r["output"], 0.8, 1)
+    loop.logger.flush()
+    assert loop.run_iteration(manual=True)["retrain"]["status"] == "promoted"
+    clock.advance(hours=1)
+    for r in long_rows[:5]:
+        log(loop.logger, r["instruction"], edited(r["output"]), 0.9, 1)  # reworded repeats of trained samples
+    for r in long_rows[20:30]:
+        log(loop.logger, r["instruction"], r["output"], 0.8, 1)
+    loop.logger.flush()
+    gen = loop.generator.generate(after=loop.triggers.state()["data_watermark"])
+    assert gen.counts["after_exclude_trained"] == 15  # the exact repeats of run 1 are gone by hash
+    assert gen.counts["after_near_dedup"] == (10 if history else 15)
+
+
+def test_near_dedup_reruns_keep_the_same_survivors_and_bytes(tmp_path, clock, make_loop, long_rows) -> None:
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 5, "include_existing_data": False, "validation_fraction": 0.2})
+    for i, r in enumerate(long_rows[:40]):
+        log(loop.logger, r["instruction"], r["output"], 0.7 + (i % 7) / 20, 1)
+        if i % 3 == 0:
+            log(loop.logger, r["instruction"], edited(r["output"], i % 5), 0.7 + (i % 5) / 20, 1)
+    loop.logger.flush()
+    first = loop.generator.generate(after=None, name="a")
+    second = loop.generator.generate(after=None, name="b")
+    assert first.counts == second.counts and first.counts["after_near_dedup"] == 40
+    assert first.record_ids == second.record_ids
+    assert first.output_path.read_bytes() == second.output_path.read_bytes()
+    assert first.validation_path.read_bytes() == second.validation_path.read_bytes()
+
+
+@pytest.mark.parametrize("fmt,keys", [("alpaca", ["instruction", "input", "output"]), ("completion", ["prompt", "completion"])])
+def test_output_formats(tmp_path, clock, make_loop, good_rows, log_rows, fmt, keys) -> None:
+    buffer_path = tmp_path / "buffer.jsonl"
+    buffer_path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"old {i}"},
+                                                             {"role": "assistant", "content": f"answer {i}"}]}) + "\n"
+                                   for i in range(10)), encoding="utf-8")
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 5, "output_format": fmt, "existing_data_path": str(buffer_path)})
+    rows = good_rows[:20]
+    log_rows(loop, rows, "base")
+    gen = loop.generator.generate(after=None)
+    assert gen.output_format.value == fmt
+    samples = read_jsonl(gen.output_path)
+    assert len(samples) == gen.counts["total"] == 25
+    assert all(list(s) == keys for s in samples)
+    prompt, answer = keys[0], keys[-1]
+    by_prompt = {r["instruction"]: r["output"] for r in rows}
+    by_prompt.update({f"old {i}": f"answer {i}" for i in range(10)})
+    assert all(by_prompt[s[prompt]] == s[answer] for s in samples)
+    assert sum(s[prompt].startswith("old ") for s in samples) == 5  # rehearsal samples converted too
+    assert all(s["messages"][0]["role"] == "user" for s in gen.iter_new_samples())  # the buffer stays chat
+
+
+def test_system_prompt_needs_the_chat_format() -> None:
+    from afs_continuous import ConfigError, DataGeneratorConfig
+
+    with pytest.raises(ConfigError, match="system_prompt is only written in the 'chatml' output format"):
+        DataGeneratorConfig(output_format="alpaca", system_prompt="Be brief.")
+
+
+def test_validation_split(tmp_path, clock, make_loop, good_rows, log_rows) -> None:
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 5, "include_existing_data": False, "validation_fraction": 0.25})
+    log_rows(loop, good_rows[:40], "base")
+    gen = loop.generator.generate(after=None, name="split")
+    assert gen.validation_path == gen.output_path.with_name("split.val.jsonl")
+    train, val = read_jsonl(gen.output_path), read_jsonl(gen.validation_path)
+    assert (len(train), len(val)) == (30, 10)
+    assert (gen.counts["total"], gen.counts["validation_samples"]) == (40, 10)
+    as_text = lambda rows: {json.dumps(r, sort_keys=True) for r in rows}  # noqa: E731
+    assert not as_text(train) & as_text(val)
+    assert {user_text(s) for s in train + val} == {r["instruction"] for r in good_rows[:40]}
+    assert gen.to_dict()["validation_path"] == str(gen.validation_path)
+
+
+def test_no_validation_file_without_a_fraction(tmp_path, clock, make_loop, good_rows, log_rows) -> None:
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS, generator_config={"min_samples": 5})
+    log_rows(loop, good_rows[:12], "base")
+    gen = loop.generator.generate(after=None, name="noval")
+    assert gen.validation_path is None and gen.counts["validation_samples"] == 0
+    assert not (tmp_path / "data" / "runs" / "noval.val.jsonl").exists()
+
+
+def test_parquet_export_and_hf_dataset(tmp_path, clock, make_loop, good_rows, log_rows) -> None:
+    pytest.importorskip("pyarrow")
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 5, "include_existing_data": False, "export_parquet": True,
+                                       "validation_fraction": 0.1})
+    log_rows(loop, good_rows[:30], "base")
+    gen = loop.generator.generate(after=None, name="pq")
+    assert gen.parquet_path == tmp_path / "data" / "runs" / "pq.parquet"
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(gen.parquet_path)
+    assert table.num_rows == 27 and table.column_names == ["messages"]
+    assert table.to_pylist() == read_jsonl(gen.output_path)
+    assert pq.read_table(tmp_path / "data" / "runs" / "pq.val.parquet").num_rows == 3
+    pytest.importorskip("datasets")
+    ds = gen.to_hf_dataset(cache_dir=tmp_path / "hf")
+    assert len(ds) == 27 and ds[0]["messages"][0]["role"] == "user"
+    assert len(gen.to_hf_dataset("validation", cache_dir=tmp_path / "hf")) == 3
+    with pytest.raises(ValueError, match="split must be"):
+        gen.to_hf_dataset("test")
+
+
+def test_hf_dataset_from_jsonl_without_parquet(tmp_path, clock, make_loop, good_rows, log_rows) -> None:
+    pytest.importorskip("datasets")
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 5, "include_existing_data": False, "output_format": "completion"})
+    log_rows(loop, good_rows[:12], "base")
+    ds = loop.generator.generate(after=None).to_hf_dataset(cache_dir=tmp_path / "hf")
+    assert len(ds) == 12 and ds.column_names == ["prompt", "completion"]
+
+
+def test_export_parquet_without_pyarrow_is_a_config_error(monkeypatch) -> None:
+    import importlib.util
+
+    from afs_continuous import ConfigError, DataGeneratorConfig
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"export_parquet needs pyarrow.*pip install"):
+        DataGeneratorConfig(export_parquet=True)
+
+
+def test_result_streams_its_samples_and_cleans_up(tmp_path, clock, make_loop, good_rows, log_rows) -> None:
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 5, "include_existing_data": False})
+    ids = log_rows(loop, good_rows[:15], "base")
+    gen = loop.generator.generate(after=None, name="spool")
+    trained = list(gen.iter_trained())
+    assert sorted(rid for rid, _ in trained) == sorted(ids) and gen.record_ids == [rid for rid, _ in trained]
+    assert all(len(h) == 32 for _, h in trained)
+    assert [user_text(s) for s in gen.iter_new_samples()] == [user_text(s) for s in gen.new_samples]
+    with loop.store.write() as conn:
+        assert loop.generator.mark_trained(gen, 1, conn=conn, batch=4) == 15
+    again = loop.generator.generate(after=None, name="again")
+    assert again.counts["after_exclude_trained"] == 0  # every content is now trained
+    spools = list((tmp_path / "data" / "runs").glob(".gen-*"))
+    assert len(spools) == 2
+    gen.close(delete_files=True)
+    gen.close()  # idempotent
+    assert not gen.output_path.exists() and len(list((tmp_path / "data" / "runs").glob(".gen-*"))) == 1
+    with pytest.raises(RuntimeError, match="closed"):
+        list(gen.iter_trained())
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(tmp_path, clock, make_loop, good_rows, log_rows, capsys) -> None:
+    pytest.importorskip("tqdm")
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS, generator_config={"min_samples": 5})
+    log_rows(loop, good_rows[:12], "base")
+    capsys.readouterr()
+    loop.generator.generate(after=None, name="quiet")  # stderr is not a terminal under pytest
+    assert capsys.readouterr().err == ""
+    loop.generator.generate(after=None, name="bar", progress=True)
+    assert "training data" in capsys.readouterr().err
+
+
+def test_rehearsal_text_that_cannot_be_encoded_is_exported_as_valid_utf8(tmp_path, clock, make_loop, good_rows,
+                                                                        log_rows) -> None:
+    buffer_path = tmp_path / "buffer.jsonl"
+    buffer_path.write_text('{"instruction": "lone \\ud800 surrogate", "output": "NUL \\u0000 here"}\n' * 5, encoding="utf-8")
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 5, "existing_data_path": str(buffer_path), "rehearsal_fraction": 0.5})
+    log_rows(loop, good_rows[:5], "base")
+    gen = loop.generator.generate(after=None)
+    text = gen.output_path.read_bytes().decode("utf-8")  # strict: raises on invalid UTF-8
+    assert "lone \ufffd surrogate" in text and gen.counts["rehearsal_samples"] == 5
+
+
+def test_rehearsal_buffer_takes_an_iterator_and_a_file_larger_than_its_size(tmp_path) -> None:
+    import random
+
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}", "completion": f"c{i}"}) + "\n" for i in range(50)),
+                    encoding="utf-8")
+    buf = RehearsalBuffer(path, max_size=10)
+    assert len(buf) == 50 and len(buf.sample(7, random.Random(0))) == 7
+    fresh = ({"messages": [{"role": "user", "content": f"new {i}"}]} for i in range(1000))
+    n_seen = buf.add(fresh, n_seen=None, rng=random.Random(0))
+    assert n_seen == 1050 and len(buf) == 10
+    contents = [s["messages"][0]["content"] for s in buf.load()]
+    assert sum(c.startswith("new ") for c in contents) >= 7  # 1000 of 1050 offered were new
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_deployed_run_leaves_no_spool_and_keeps_files_only_when_asked(tmp_path, clock, make_loop, trainer, good_rows,
+                                                                        log_rows, keep) -> None:
+    loop = make_loop(tmp_path, clock, train_fn=trainer, trigger_config=NO_TRIGGERS, keep_training_data=keep,
+                     generator_config={"validation_fraction": 0.25, "include_existing_data": False})
+    ids = log_rows(loop, good_rows[:12], "base")
+    result = loop.run_iteration(manual=True)["retrain"]
+    assert result["status"] == "deployed"
+    runs = tmp_path / "data" / "runs"
+    data_path = Path(result["data_path"])
+    assert trainer.n_lines == [9]  # 3 of 12 held out for validation
+    assert data_path.exists() is keep and data_path.with_name(data_path.stem + ".val.jsonl").exists() is keep
+    assert not list(runs.glob(".gen-*"))  # the spool of new samples is gone
+    with loop.store.read() as conn:
+        used = {r[0] for r in conn.exec_driver_sql("SELECT record_id FROM training_samples")}
+    assert used == set(ids)
+    assert len(loop.generator.rehearsal_buffer) == 12
