@@ -169,7 +169,10 @@ class UsageLogger:
         if self.config.flush_on_sigterm and not self._sync:
             _install_sigterm_flush()
         if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=lambda: _reset_after_fork(ref))
+            # Hold the write lock across fork(): a child must never inherit SQLite mid-transaction
+            # (its lock bookkeeping would say "locked" forever in the child).
+            os.register_at_fork(before=lambda: _before_fork(ref), after_in_parent=lambda: _after_fork_parent(ref),
+                                after_in_child=lambda: _reset_after_fork(ref))
 
     # ---- public API -----------------------------------------------------------------
 
@@ -288,17 +291,21 @@ class UsageLogger:
     def close(self, timeout_s: float | None = 30.0) -> bool:
         """Flush and stop the writer. Idempotent.
 
+        Args:
+            timeout_s: Longest wait in seconds for both the flush and the writer's exit (None: no limit).
+
         Returns:
             True if everything was committed within ``timeout_s``.
         """
         if self._closed:
             return True
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         drained = self.flush(timeout_s)
         self._closed = True
         thread = self._thread
         if thread is not None and thread.is_alive():
             self._queue.put(None)
-            thread.join(timeout_s)
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return drained
 
     def __enter__(self) -> "UsageLogger":
@@ -359,6 +366,7 @@ class UsageLogger:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.config.queue_size)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # held during every write transaction, and across fork()
 
     def _start_writer(self) -> None:
         with self._start_lock:
@@ -432,7 +440,7 @@ class UsageLogger:
         delay = 0.01
         for attempt in range(_MAX_RETRIES):
             try:
-                with self.store.write() as conn:
+                with self._write_lock, self.store.write() as conn:
                     if rows and fast:
                         conn.exec_driver_sql(_SQLITE_INSERT_USAGE, rows)
                     elif rows:
@@ -518,10 +526,25 @@ def _close_at_exit(ref: "weakref.ref[UsageLogger]") -> None:
         logger.close(timeout_s=logger.config.flush_interval_s + 10.0)
 
 
+def _before_fork(ref: "weakref.ref[UsageLogger]") -> None:
+    logger = ref()
+    if logger is not None:
+        logger._write_lock.acquire()
+
+
+def _after_fork_parent(ref: "weakref.ref[UsageLogger]") -> None:
+    logger = ref()
+    if logger is not None and logger._write_lock.locked():
+        logger._write_lock.release()
+
+
 def _reset_after_fork(ref: "weakref.ref[UsageLogger]") -> None:
-    """In a forked child: fresh queue and writer; never reuse the parent's connections."""
+    """In a forked child: fresh queue, writer, lock and counters; never reuse the parent's connections."""
     logger = ref()
     if logger is None:
         return
     logger.store.engine.dispose(close=False)
     logger._init_writer()
+    logger._recent.clear()
+    logger.n_logged = logger.n_feedback = logger.n_committed = logger.n_dropped = logger.n_write_errors = 0
+    logger.last_error = None
