@@ -240,6 +240,7 @@ class RetrainPipeline:
             self.generator.mark_trained(gen, run_id, conn=conn)  # streamed from the result's spool, in batches
             grace = timedelta(hours=self.config.generator_config.late_arrival_hours)
             self.store.set_state("data_watermark", gen.until - grace if gen.until else None, conn=conn)
+            self.store.set_state("eligible_samples", None, conn=conn)  # consumed: the status recounts
             run_status = RunStatus.DEPLOYED if ab else RunStatus.PROMOTED
             self.runs.update(run_id, status=run_status, model_version=name, finished=True, conn=conn)
         self.on_deploy()

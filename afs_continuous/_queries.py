@@ -72,8 +72,11 @@ def feedback_condition(gen: DataGeneratorConfig) -> list[ColumnElement[bool]]:
     fb = latest_feedback().element
     cond: ColumnElement[bool] = fb >= gen.min_user_feedback
     if gen.include_unrated:
-        cond = or_(cond, fb.is_(None))
-    return [cond]
+        return [or_(cond, fb.is_(None))]
+    # Logically implied (the latest vote passes only if some vote does), but it lets the planner
+    # start from the feedback events instead of walking every record: 1M records, 1.3 s -> 0.27 s.
+    some_vote = U.c.id.in_(select(F.c.record_id).where(F.c.feedback >= gen.min_user_feedback))
+    return [some_vote, cond]
 
 
 def window_condition(after: datetime | None, until: datetime) -> list[ColumnElement[bool]]:

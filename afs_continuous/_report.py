@@ -78,7 +78,8 @@ def format_status(summary: Mapping[str, Any]) -> str:
         f"  total retrains   {s['total_retrains']}",
         "",
         "Triggers",
-        f"  eligible samples {s['eligible_samples']} / {s['min_new_samples']} since {s['data_watermark'] or 'the start'}",
+        f"  eligible samples {s['eligible_samples']} / {s['min_new_samples']} since {s['data_watermark'] or 'the start'}"
+        f" (counted {s.get('eligible_checked_at') or '-'})",
         f"  last training    {s['last_training_at'] or 'never'}",
         f"  last check       {s.get('last_iteration_at') or 'never'}",
         f"  cooldown until   {s['cooldown_until'] or '-'}",

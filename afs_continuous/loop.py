@@ -208,6 +208,10 @@ class ContinuousLearningLoop:
         blocked = f"challenger {running.challenger!r} is still under test" if running is not None else None
         trig = self.triggers.check(now=now, manual=manual, blocked_by=blocked)
         result["trigger"] = trig.to_dict()
+        sample_check = next((c for c in trig.checks if c.trigger == TriggerType.SAMPLE_COUNT), None)
+        if sample_check is not None:  # the status summary reports this instead of recounting
+            self.store.set_state("eligible_samples", {"n": sample_check.details["eligible_samples"],
+                                                      "checked_at": now.isoformat()})
         if trig.checks and any(c.trigger == TriggerType.SCHEDULE and c.fired for c in trig.checks) and trig.should_retrain:
             self.store.set_state("last_schedule_at", now)
         if not trig.should_retrain:
@@ -372,8 +376,13 @@ class ContinuousLearningLoop:
         refs = [t for t in (st["last_training_at"], st["last_schedule_at"]) if t is not None]
         ref = max(refs) if refs else st["first_start_at"]
         next_sched = (ref + timedelta(hours=tcfg.schedule_interval_hours)) if (ref and tcfg.schedule_interval_hours) else None
-        with self.store.read() as conn:  # read-only: unhashed records count as distinct (an upper bound)
-            eligible = count_eligible(conn, self.config.generator_config, st["data_watermark"], now)
+        # As counted at the daemon's last check (cheap on a large store); counted now, read-only, before any
+        # check (records whose content hash the daemon has not computed yet count as distinct: an upper bound).
+        eligible = self.store.get_state("eligible_samples")
+        if eligible is None:
+            with self.store.read() as conn:
+                eligible = {"n": count_eligible(conn, self.config.generator_config, st["data_watermark"], now),
+                            "checked_at": now.isoformat()}
         return {
             "usage_stats": usage,
             "status": {
@@ -388,7 +397,8 @@ class ContinuousLearningLoop:
                 "last_iteration_at": self.store.get_state("last_iteration_at"),
                 "cooldown_until": _iso(now + timedelta(seconds=remaining)) if remaining > 0 else None,
                 "next_scheduled_at": _iso(next_sched),
-                "eligible_samples": eligible,
+                "eligible_samples": eligible["n"],
+                "eligible_checked_at": eligible["checked_at"],
                 "min_new_samples": tcfg.min_new_samples,
                 "data_watermark": _iso(st["data_watermark"]),
                 "rehearsal_buffer": str(self.generator.rehearsal_buffer.path),

@@ -105,7 +105,8 @@ class FeedbackEvent(SQLModel, table=True):
     feedback may arrive before its record is committed."""
 
     __tablename__ = "feedback_events"
-    __table_args__ = (Index("ix_feedback_record", "record_id", "id"),)
+    # (record_id, id, feedback): the latest vote of a record is read from the index alone
+    __table_args__ = (Index("ix_feedback_record_latest", "record_id", "id", "feedback"),)
 
     id: int | None = Field(default=None, primary_key=True)
     record_id: str = Field(sa_column=Column(String(32), nullable=False))
