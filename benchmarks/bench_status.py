@@ -330,8 +330,15 @@ def main() -> int:
                 for p in tmp.glob("sample-2kb.db*"):
                     p.unlink()
 
-        loop = ContinuousLearningLoop(LoopConfig(db_path=str(path), data_dir=str(tmp / "data")))
+        # A daemon has run its hourly check (a threshold it cannot reach, so it only counts): the status
+        # then reports the counted eligible samples instead of recounting. The cold case is measured too.
+        loop = ContinuousLearningLoop(LoopConfig(db_path=str(path), data_dir=str(tmp / "data"),
+                                                 trigger_config={"min_new_samples": 10**12}))
         try:
+            cold = time_status(loop, args.runs)
+            t0 = time.perf_counter()
+            loop.run_iteration()
+            check_ms = (time.perf_counter() - t0) * 1000
             status = time_status(loop, args.runs)
             agg, join = time_baseline(path, args.runs)
             summary = loop.get_status_summary()
@@ -349,7 +356,10 @@ def main() -> int:
         print()
         print("| measurement | p50 ms | min ms | max ms |")
         print("|---|---:|---:|---:|")
-        print(f"| `get_status_summary()` | {s50:.0f} | {min(status):.0f} | {max(status):.0f} |")
+        print(f"| `get_status_summary()` (after the daemon's check) | {s50:.0f} | {min(status):.0f} | {max(status):.0f} |")
+        print(f"| `get_status_summary()` before any daemon check (counts eligibility live) | {pct(cold, 0.5):.0f} | "
+              f"{min(cold):.0f} | {max(cold):.0f} |")
+        print(f"| (the daemon's hourly check itself, once) | {check_ms:.0f} | | |")
         print(f"| baseline: `{BASELINE_SQL}` | {a50:.0f} | {min(agg):.0f} | {max(agg):.0f} |")
         print(f"| baseline: naive feedback join | {j50:.0f} | {min(join):.0f} | {max(join):.0f} |")
         print(f"| baseline total | {base50:.0f} | | |")
