@@ -112,12 +112,66 @@ def bench_naive(path: Path, data: list, n: int) -> dict:
     return {"p50_us": pct(lat, 0.5), "p99_us": pct(lat, 0.99), "records_per_s": n / elapsed}
 
 
+def _pg_schema(url: str) -> tuple[str, str] | None:
+    """A fresh schema on the PostgreSQL server at ``url``: (url using it, schema), or None if unreachable."""
+    try:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(url, isolation_level="AUTOCOMMIT")
+        schema = f"bench_{uuid.uuid4().hex[:10]}"
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - report and skip
+        print(f"PostgreSQL at {url} not reachable, skipped: {str(exc).splitlines()[0]}")
+        return None
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options=-csearch_path%3D{schema}", schema
+
+
+def _pg_drop(url: str, schema: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+def bench_pg_raw(url: str, data: list, n: int, batch: int = 1000) -> dict:
+    """psycopg executemany in batches of 1000 into the same table (the PostgreSQL limit)."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(SCHEMA.replace("REAL", "DOUBLE PRECISION"))
+    raw = engine.raw_connection()
+    cur = raw.cursor()
+    t0 = time.perf_counter()
+    rows = []
+    for i in range(n):
+        q, r, qual = data[i % len(data)]
+        rows.append((uuid.uuid4().hex, datetime.now(timezone.utc).isoformat(), q, r, "champion-v1", 123.0, qual))
+        if len(rows) == batch or i == n - 1:
+            cur.executemany("INSERT INTO usage_records VALUES (%s,%s,%s,%s,%s,%s,%s)", rows)
+            raw.commit()
+            rows = []
+    elapsed = time.perf_counter() - t0
+    raw.close()
+    engine.dispose()
+    return {"records_per_s": n / elapsed}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--records", type=int, default=100_000, help="records for the async and raw runs")
     p.add_argument("--sync-records", type=int, default=3_000)
     p.add_argument("--naive-records", type=int, default=3_000)
     p.add_argument("--data-dir", default=os.environ.get("AFS_ALPACA_EVAL_DIR", str(ROOT.parent / "shared/data/alpaca_eval")))
+    p.add_argument("--postgres-url", default=os.environ.get("AFS_TEST_DATABASE_URL",
+                                                            "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+                   help="also measure PostgreSQL (empty string: skip)")
+    p.add_argument("--postgres-records", type=int, default=30_000)
     args = p.parse_args()
     data = payloads(Path(args.data_dir))
     avg_bytes = statistics.mean(len(q.encode()) + len(r.encode()) for q, r, _ in data)
@@ -136,6 +190,22 @@ def main() -> int:
     print(f"| afs_continuous sync | {s['p50_us']:.1f} | {s['p99_us']:.1f} | {s['records_per_s']:,.0f} |")
     print(f"| raw sqlite3 executemany x1000 (limit) | - | - | {raw['records_per_s']:,.0f} |")
     print(f"| connect+commit per call (naive) | {naive['p50_us']:.1f} | {naive['p99_us']:.1f} | {naive['records_per_s']:,.0f} |")
+    if args.postgres_url:
+        pg = _pg_schema(args.postgres_url)
+        if pg is not None:
+            try:
+                pa = bench_afs(pg[0], data, args.postgres_records, "async")
+            finally:
+                _pg_drop(args.postgres_url, pg[1])
+            pg2 = _pg_schema(args.postgres_url)
+            assert pg2 is not None
+            try:
+                praw = bench_pg_raw(pg2[0], data, args.postgres_records)
+            finally:
+                _pg_drop(args.postgres_url, pg2[1])
+            print(f"| afs_continuous async, PostgreSQL | {pa['p50_us']:.1f} | {pa['p99_us']:.1f} | {pa['records_per_s']:,.0f} |")
+            print(f"| raw psycopg executemany x1000, PostgreSQL (limit) | - | - | {praw['records_per_s']:,.0f} |")
+            print(f"\nPostgreSQL: async throughput / raw executemany: {pa['records_per_s'] / praw['records_per_s']:.2f}x")
     print()
     print(f"async throughput / raw executemany: {a['records_per_s'] / raw['records_per_s']:.2f}x  (target >= 0.5x)")
     print(f"async throughput / naive baseline:  {a['records_per_s'] / naive['records_per_s']:.0f}x  (target >= 100x)")
