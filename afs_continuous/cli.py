@@ -21,7 +21,8 @@ import click
 from ._imports import import_callable
 from ._report import format_iteration, format_run_report, format_runs, format_status, format_versions
 from .config import ENV_PREFIX, LoopConfig, load_config
-from .errors import AfsContinuousError, ConfigError, NotFoundError
+from .errors import AfsContinuousError, ConfigError, NotFoundError, SchemaVersionError
+from .lease import LeaseHeld
 
 __all__ = ["main", "daemon_main", "resolve_eval_fn", "resolve_train_fn"]
 
@@ -111,11 +112,13 @@ _verbose_option = click.option("-v", "--verbose", is_flag=True, help="Debug logg
               help="Compare the challenger's canary metrics with this version instead of the champion "
                    "(training.baseline_version).")
 @click.option("--max-iterations", type=click.IntRange(min=1), default=None, help="Stop after N iterations.")
+@click.option("--wait-for-lease", is_flag=True,
+              help="When another daemon holds the store's lease, wait for it instead of exiting.")
 @_json_option
 @_verbose_option
 def daemon_command(config_path: str | None, db: str | None, show_status: bool, trigger: bool, no_train: bool,
                    dry_run: bool, train_fn_spec: str | None, eval_fn_spec: str | None, baseline_version: str | None,
-                   max_iterations: int | None, as_json: bool, verbose: bool) -> None:
+                   max_iterations: int | None, wait_for_lease: bool, as_json: bool, verbose: bool) -> None:
     """The continuous-learning daemon.
 
     Checks every check_interval_seconds whether to retrain (enough new good
@@ -151,8 +154,11 @@ def daemon_command(config_path: str | None, db: str | None, show_status: bool, t
             except NotFoundError as exc:
                 raise click.UsageError(f"--baseline-version: {exc}") from None
         if trigger:
-            result = loop.run_iteration(train_fn, manual=True, no_train=no_train, dry_run=dry_run, eval_fn=eval_fn,
-                                        baseline_version=baseline_version)
+            try:
+                result = loop.run_iteration(train_fn, manual=True, no_train=no_train, dry_run=dry_run,
+                                            eval_fn=eval_fn, baseline_version=baseline_version)
+            except LeaseHeld as exc:
+                raise click.ClickException(str(exc)) from None
             _emit(result, as_json, format_iteration(result))
             if result.get("retrain", {}).get("status") == "failed":
                 sys.exit(1)
@@ -170,8 +176,10 @@ def daemon_command(config_path: str | None, db: str | None, show_status: bool, t
         log.info("daemon started on %s; checking every %g s", loop.store.url, config.check_interval_seconds)
         try:
             n = loop.run_loop(train_fn, max_iterations, no_train=no_train, dry_run=dry_run, eval_fn=eval_fn,
-                              baseline_version=baseline_version,
+                              baseline_version=baseline_version, wait_for_lease=wait_for_lease,
                               on_result=lambda result: _print_iteration(result, as_json))
+        except LeaseHeld as exc:
+            raise click.ClickException(str(exc)) from None
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -326,6 +334,57 @@ def report(run_id: int, output: str | None, config_path: str | None, db: str | N
             raise click.ClickException(f"cannot write the report to {output}: {exc}") from None
         click.echo(f"report of run {run_id} written to {output}", err=True)
     _emit(data, as_json, format_run_report(data))
+
+
+@main.group()
+def db() -> None:
+    """Schema of the store: current revision, upgrade in place."""
+
+
+@db.command("current")
+@_config_option
+@_db_option
+@_json_option
+def db_current(config_path: str | None, db: str | None, as_json: bool) -> None:
+    """Print the store's schema revision and this version's newest one."""
+    from .store import Store, schema_head
+
+    config = _load(config_path, db)
+    try:
+        revision: str | None = Store(config.store_url, auto_upgrade=False).schema_revision()
+    except SchemaVersionError as exc:  # older or newer: report it, change nothing
+        revision = str(exc)
+    info = {"store": config.store_url, "revision": revision, "head": schema_head()}
+    _emit(info, as_json, f"store {info['store']}\nrevision {info['revision']}\nhead     {info['head']}")
+
+
+@db.command("upgrade")
+@_config_option
+@_db_option
+def db_upgrade(config_path: str | None, db: str | None) -> None:
+    """Upgrade the store's schema to this version in place (data kept; safe to run twice)."""
+    config = _load(config_path, db)
+    try:
+        before, after = _upgrade(config.store_url)
+    except AfsContinuousError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"schema {before or 'empty'} -> {after}" if before != after else f"schema already at {after}")
+
+
+def _upgrade(url: str) -> tuple[str | None, str]:
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from .store import Store
+
+    engine = create_engine(url)  # read the revision before opening (opening upgrades)
+    try:
+        with engine.connect() as conn:
+            before = MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+    store = Store(url)
+    return before, str(store.schema_revision())
 
 
 def daemon_main() -> None:

@@ -395,6 +395,9 @@ class LoopConfig(_Config):
     champion_model_path: str | None = Field(None, description="Path of the initial champion's weights, recorded in the registry.")
     keep_training_data: bool = Field(False, description="Keep each run's training JSONL after a successful run (deleted by default).")
     route_cache_s: float = Field(5.0, ge=0, description="How long route() caches the active experiment, seconds.")
+    lease_ttl_s: float = Field(
+        300.0, gt=0, description="The daemon's lease on the store lasts this long without renewal, seconds; a crashed daemon blocks others at most this long."
+    )
     trigger_config: TriggerConfig = Field(default_factory=TriggerConfig)
     generator_config: DataGeneratorConfig = Field(default_factory=DataGeneratorConfig)
     ab_test_config: ABTestConfig = Field(default_factory=ABTestConfig)

@@ -21,6 +21,7 @@ training-run reports.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from datetime import timedelta
@@ -31,12 +32,13 @@ from ._pipeline import RetrainPipeline, TrainFn
 from .clock import Clock, utc_now
 from .config import LoopConfig
 from .experiment import Arm, Decision, Evaluation, ExperimentManager
-from .generator import TrainingDataGenerator
 from ._queries import count_eligible
+from .generator import TrainingDataGenerator
+from .lease import Lease, LeaseHeld
 from .logger import UsageLogger
 from .monitor import DriftMonitor
 from .registry import ModelRegistry, ModelVersion
-from .runs import RunStatus, TrainingRunLog
+from .runs import RunStatus, TrainingRunLog, owner_id
 from .store import Store
 from .triggers import TriggerChecker, TriggerType
 
@@ -93,6 +95,8 @@ class ContinuousLearningLoop:
         self.pipeline = RetrainPipeline(cfg, self.store, self.registry, self.experiments, self.generator, self.runs,
                                         self.triggers, on_deploy=self._invalidate)
         self._stop = threading.Event()
+        self.lease = Lease(self.store, "daemon", ttl_s=cfg.lease_ttl_s, holder=f"{owner_id()}:{secrets.token_hex(4)}")
+        self._lease_held = False
         self._route_cache: tuple[float, ModelVersion, ModelVersion | None, Any] | None = None
         with self.store.write() as conn:
             if self.store.get_state("first_start_at", conn=conn) is None:
@@ -188,13 +192,43 @@ class ContinuousLearningLoop:
 
         Raises:
             NotFoundError: ``baseline_version`` names no model version; nothing is done.
+            LeaseHeld: Another daemon holds the store's lease; nothing is done.
         """
         pinned_name = baseline_version if baseline_version is not None else self.config.training.baseline_version
         pinned = self.registry.get(pinned_name) if pinned_name is not None else None
         self.logger.flush()
-        interrupted = self.runs.recover_interrupted()
-        if interrupted:
-            log.warning("marked training runs %s as interrupted (their process is gone)", interrupted)
+        held_before = self._lease_held
+        self._take_lease()
+        try:
+            return self._iteration(train_fn, manual=manual, no_train=no_train, dry_run=dry_run, eval_fn=eval_fn,
+                                   pinned=pinned)
+        finally:
+            if not held_before:  # a standalone iteration (e.g. --trigger) gives the lease back
+                self._release_lease()
+
+    def _take_lease(self) -> None:
+        """Acquire or renew the daemon lease; recover the runs of a holder whose lease expired.
+
+        Raises:
+            LeaseHeld: Another live daemon holds the lease.
+        """
+        self.lease.acquire_or_raise()
+        self._lease_held = True
+        dead = self.lease.taken_over
+        owners = [None] if dead is None else [None, dead.holder.rsplit(":", 1)[0]]
+        for owner in owners:
+            interrupted = self.runs.recover_interrupted(dead_owner=owner)
+            if interrupted:
+                log.warning("marked training runs %s as interrupted (their process is gone)", interrupted)
+        self.lease.start_heartbeat()
+
+    def _release_lease(self) -> None:
+        if self._lease_held:
+            self.lease.release()
+            self._lease_held = False
+
+    def _iteration(self, train_fn: TrainFn | None, *, manual: bool, no_train: bool, dry_run: bool,
+                   eval_fn: EvalFn | None, pinned: ModelVersion | None) -> dict[str, Any]:
         now = self.clock()
         result: dict[str, Any] = {"timestamp": now.isoformat(), "retrain_triggered": False, "experiment": None}
         result["drift"] = self._watch_champion(now)
@@ -260,8 +294,12 @@ class ContinuousLearningLoop:
     def run_loop(self, train_fn: TrainFn | None = None, max_iterations: int | None = None, *,
                  no_train: bool = False, dry_run: bool = False, eval_fn: EvalFn | None = None,
                  baseline_version: str | None = None,
-                 on_result: Callable[[dict[str, Any]], None] | None = None) -> int:
+                 on_result: Callable[[dict[str, Any]], None] | None = None, wait_for_lease: bool = False) -> int:
         """Run :meth:`run_iteration` every ``check_interval_seconds`` until :meth:`stop`.
+
+        The loop holds the store's daemon lease (see :mod:`afs_continuous.lease`)
+        from start to end, renewed every iteration and by a heartbeat thread, so
+        a second daemon on the same store never acts concurrently.
 
         An iteration that raises is logged and the loop goes on. The wait
         between iterations ends early on :meth:`stop` (also when :meth:`stop`
@@ -275,25 +313,50 @@ class ContinuousLearningLoop:
             eval_fn: Canary evaluation (default: the constructor's, else ``training.eval_fn``).
             baseline_version: Pinned canary baseline (see :meth:`run_iteration`).
             on_result: Called with each iteration's result dict.
+            wait_for_lease: When another daemon holds the lease, wait for it
+                (until :meth:`stop`) instead of raising.
 
         Returns:
             The number of iterations run.
+
+        Raises:
+            LeaseHeld: Another live daemon holds the lease (and ``wait_for_lease`` is False).
         """
         n = 0
-        while not self._stop.is_set():
-            try:
-                result = self.run_iteration(train_fn, no_train=no_train, dry_run=dry_run, eval_fn=eval_fn,
-                                            baseline_version=baseline_version)
-                if on_result is not None:
-                    on_result(result)
-            except Exception:  # noqa: BLE001 - the daemon keeps running
-                log.exception("iteration failed; retrying at the next check")
-            n += 1
-            if max_iterations is not None and n >= max_iterations:
-                break
-            self._stop.wait(self.config.check_interval_seconds)
-        self._stop.clear()  # a later run_loop() starts afresh; a stop() before this call was honoured
+        if not self._stop.is_set():
+            self._wait_for_lease(wait_for_lease)
+        try:
+            while not self._stop.is_set():
+                try:
+                    result = self.run_iteration(train_fn, no_train=no_train, dry_run=dry_run, eval_fn=eval_fn,
+                                                baseline_version=baseline_version)
+                    if on_result is not None:
+                        on_result(result)
+                except LeaseHeld:
+                    raise  # lost to another daemon (our lease expired): stop, never act concurrently
+                except Exception:  # noqa: BLE001 - the daemon keeps running
+                    log.exception("iteration failed; retrying at the next check")
+                n += 1
+                if max_iterations is not None and n >= max_iterations:
+                    break
+                self._stop.wait(self.config.check_interval_seconds)
+        finally:
+            self._release_lease()
+            self._stop.clear()  # a later run_loop() starts afresh; a stop() before this call was honoured
         return n
+
+    def _wait_for_lease(self, wait: bool) -> None:
+        """Take the lease for the whole loop; wait for it (polling) or raise :class:`LeaseHeld`."""
+        while True:
+            try:
+                self._take_lease()
+                return
+            except LeaseHeld as held:
+                if not wait:
+                    raise
+                log.info("%s; waiting", held)
+                if self._stop.wait(min(self.config.lease_ttl_s / 3.0, 30.0)):
+                    return
 
     def stop(self) -> None:
         """Ask :meth:`run_loop` to stop after the current iteration (thread- and signal-safe)."""
@@ -410,7 +473,8 @@ class ContinuousLearningLoop:
         }
 
     def close(self) -> None:
-        """Flush pending records and release the store. Idempotent."""
+        """Flush pending records, give back the daemon lease if held, release the store. Idempotent."""
+        self._release_lease()
         self.logger.close()
 
     def __enter__(self) -> "ContinuousLearningLoop":

@@ -327,10 +327,12 @@ class TrainingRunLog:
                 select(func.count()).select_from(R).where(R.c.status.in_(TRAINED), R.c.dry_run.is_(False))
             ).scalar_one())
 
-    def recover_interrupted(self) -> list[int]:
-        """Mark runs left ``generating``/``training`` by a dead process on this host as interrupted.
+    def recover_interrupted(self, dead_owner: str | None = None) -> list[int]:
+        """Mark runs left ``generating``/``training`` by a dead process as interrupted.
 
-        Runs owned by a live process, or by another host, are left alone.
+        A run is the dead process's when its owner (``host:pid``) is on this
+        host and that pid is gone, or when it is ``dead_owner`` (the holder of
+        an expired daemon lease, on any host). Other runs are left alone.
         Returns the ids marked.
         """
         host = owner_id().split(":")[0]
@@ -338,7 +340,8 @@ class TrainingRunLog:
         with self.store.write() as conn:
             for run_id, owner in conn.execute(select(R.c.id, R.c.owner).where(R.c.status.in_(ACTIVE))):
                 o_host, _, o_pid = (owner or ":").rpartition(":")
-                if o_host == host and o_pid.isdigit() and not _pid_alive(int(o_pid)):
+                local_dead = o_host == host and o_pid.isdigit() and not _pid_alive(int(o_pid))
+                if local_dead or (dead_owner is not None and owner == dead_owner):
                     conn.execute(update(R).where(R.c.id == run_id).values(
                         status=RunStatus.INTERRUPTED.value, finished_at=self.clock(),
                         error=f"process {owner} stopped during the run; found at the next start",
