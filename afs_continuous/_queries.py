@@ -118,12 +118,16 @@ def backfill_content_hashes(conn: Connection, gen: DataGeneratorConfig, after: d
         select(U.c.id, U.c.query, U.c.response)
         .where(U.c.content_hash.is_(None), *window_condition(after, until), *quality_condition(gen),
                *feedback_condition(gen))
+        .limit(batch)
     )
-    rows = conn.execute(stmt).all()
-    for i in range(0, len(rows), batch):
-        chunk = [{"h": content_hash(q, r), "rid": rid} for rid, q, r in rows[i:i + batch]]
-        conn.execute(U.update().where(U.c.id == bindparam("rid")).values(content_hash=bindparam("h")), chunk)
-    return len(rows)
+    update = U.update().where(U.c.id == bindparam("rid")).values(content_hash=bindparam("h"))
+    filled = 0
+    while True:  # batch by batch: filled rows no longer match, so memory stays at one batch
+        rows = conn.execute(stmt).all()
+        if not rows:
+            return filled
+        conn.execute(update, [{"h": content_hash(q, r), "rid": rid} for rid, q, r in rows])
+        filled += len(rows)
 
 
 def count_eligible(conn: Connection, gen: DataGeneratorConfig, after: datetime | None, until: datetime) -> int:

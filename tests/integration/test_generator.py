@@ -543,3 +543,21 @@ def test_a_deployed_run_leaves_no_spool_and_keeps_files_only_when_asked(tmp_path
         used = {r[0] for r in conn.exec_driver_sql("SELECT record_id FROM training_samples")}
     assert used == set(ids)
     assert len(loop.generator.rehearsal_buffer) == 12
+
+
+def test_signatures_are_datasketch_minhash_over_the_shingles() -> None:
+    """The batched signatures equal datasketch's MinHash (affine32) fed the same shingle hashes one by one."""
+    from datasketch import MinHash
+
+    from afs_continuous._dedup import MinHasher, shingle_tokens
+
+    mh = MinHasher(num_perm=64, ngram=5)
+    pairs = [("How do I boil an egg?", "Put the egg in boiling water for nine minutes, then cool it."),
+             ("", "ok"), ("Straße İstanbul", "ΣΊΣΥΦΟΣ \u00a0 tab\tend\u3000x"), ("lone \ud800", "x" * 50)]
+    sigs = mh.signatures(pairs)
+    for (query, response), sig in zip(pairs, sigs):
+        shingles = mh.shingle_hashes(query, response)
+        assert len(shingles) == max(1, len(shingle_tokens(query, response)) - 4)
+        reference = MinHash(num_perm=64, seed=1, hashfunc=int)
+        reference.update_batch(shingles.tolist())
+        assert (reference.hashvalues == sig).all()
