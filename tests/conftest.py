@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 import pytest
 
 from afs_continuous import ContinuousLearningLoop, ManualClock, UsageLogger, load_config
+from afs_continuous.config import _deep_merge
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -188,14 +189,7 @@ def make_loop(store_url: str) -> Iterator[Callable[..., ContinuousLearningLoop]]
         loop.close()
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+_merge = _deep_merge  # the same precedence rule as load_config
 
 
 @pytest.fixture
