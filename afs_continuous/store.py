@@ -27,7 +27,7 @@ from typing import Any, Iterator
 from sqlalchemy import Column, DateTime, Index, String, Text, TypeDecorator, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DatabaseError
-from sqlmodel import Field, Session, SQLModel, create_engine
+from sqlmodel import Field, SQLModel, create_engine
 
 from .errors import SchemaVersionError, StoreError
 
@@ -371,16 +371,6 @@ class Store:
         with self.engine.connect() as conn:
             with conn.begin():
                 yield conn
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        """An ORM session in a write transaction: commits on success, rolls back on error."""
-        with self.engine.connect() as conn:
-            conn = conn.execution_options(afs_immediate=True)
-            with Session(bind=conn) as session:
-                with conn.begin():
-                    yield session
-                    session.flush()
 
     # ---- loop state ---------------------------------------------------------------
 

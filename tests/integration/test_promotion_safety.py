@@ -163,3 +163,19 @@ def test_drift_monitor_keeps_a_champion_that_holds(experiment_loop, clock, alpac
     assert last is not None and last["finished"] and not last["rollback"]
     assert "ended without a drop" in last["reason"]
     assert loop.registry.champion().name == CHALLENGER
+
+
+def test_evaluate_experiment_reports_without_acting(experiment_loop, clock, alpaca, replay):
+    loop = experiment_loop
+    assert loop.evaluate_experiment().decision.value == "continue"  # nothing served yet
+    t0 = clock()
+    replay(loop, alpaca(CHAMPION), alpaca("FuseChat-Llama-3.1-8B"), 6000, hours=48)
+    clock.set(t0 + timedelta(hours=49))
+    ev = loop.evaluate_experiment()
+    assert ev.decision.value == "promote" and ev.lift > 0.05 and ev.p_value < 0.05
+    d = ev.to_dict()
+    assert d["comparison"]["ci_low"] > 0 and d["challenger"]["n"] >= 200 and d["reasons"]
+    assert loop.registry.champion().name == CHAMPION  # evaluated, not acted on
+    assert loop.experiments.active() is not None
+    assert loop.run_iteration()["experiment"]["decision"] == "promote"  # run_iteration acts on it
+    assert loop.registry.champion().name == CHALLENGER
