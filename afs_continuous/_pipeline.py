@@ -46,6 +46,10 @@ log = logging.getLogger("afs_continuous")
 TrainFn = Callable[[str], Mapping[str, Any]]
 
 
+class _LeaseLost(Exception):
+    """This daemon no longer holds the store's lease: it must not deploy."""
+
+
 class RetrainPipeline:
     """Runs one training run for :class:`~afs_continuous.loop.ContinuousLearningLoop`.
 
@@ -53,12 +57,15 @@ class RetrainPipeline:
         config: The loop configuration.
         store, registry, experiments, generator, runs, triggers: The loop's components.
         on_deploy: Called after the registry changed (the loop drops its routing cache).
+        is_leader: Called inside the deploy transaction; False (the daemon's lease was
+            lost, e.g. it expired during a long training run) aborts the deployment.
     """
 
     def __init__(self, config: LoopConfig, store: Store, registry: ModelRegistry, experiments: ExperimentManager,
                  generator: TrainingDataGenerator, runs: TrainingRunLog, triggers: TriggerChecker, *,
-                 on_deploy: Callable[[], None]) -> None:
+                 on_deploy: Callable[[], None], is_leader: Callable[[Any], bool] | None = None) -> None:
         self.config = config
+        self.is_leader = is_leader
         self.store = store
         self.registry = registry
         self.experiments = experiments
@@ -226,23 +233,32 @@ class RetrainPipeline:
         name = f"{self.config.champion_model}-ft{run_id}"
         ab = self.config.enable_ab_testing
         version_metrics = {**metrics, "canary_metrics": canary.challenger} if canary is not None else metrics
-        with self.store.write() as conn:
-            status = VersionStatus.CHALLENGER if ab else VersionStatus.CHAMPION
-            self.registry.register(name, path=model_path, status=status, parent=champion.name if champion else None,
-                                   training_run_id=run_id, metrics=version_metrics,
-                                   reason=f"trained by run {run_id} ({report['trigger']})", conn=conn)
-            replaced = self.experiments.active(conn=conn)
-            if replaced is not None:  # a manual run while a challenger was under test replaces it
-                self.runs.set_outcome(replaced.challenger, RunStatus.REJECTED, conn=conn)
-            if ab:
-                exp = self.experiments.start(champion.name if champion else self.config.champion_model, name, conn=conn)
-                report["experiment_id"] = exp.id
-            self.generator.mark_trained(gen, run_id, conn=conn)  # streamed from the result's spool, in batches
-            grace = timedelta(hours=self.config.generator_config.late_arrival_hours)
-            self.store.set_state("data_watermark", gen.until - grace if gen.until else None, conn=conn)
-            self.store.set_state("eligible_samples", None, conn=conn)  # consumed: the status recounts
-            run_status = RunStatus.DEPLOYED if ab else RunStatus.PROMOTED
-            self.runs.update(run_id, status=run_status, model_version=name, finished=True, conn=conn)
+        try:
+            with self.store.write() as conn:
+                if self.is_leader is not None and not self.is_leader(conn):
+                    raise _LeaseLost
+                status = VersionStatus.CHALLENGER if ab else VersionStatus.CHAMPION
+                self.registry.register(name, path=model_path, status=status, parent=champion.name if champion else None,
+                                       training_run_id=run_id, metrics=version_metrics,
+                                       reason=f"trained by run {run_id} ({report['trigger']})", conn=conn)
+                replaced = self.experiments.active(conn=conn)
+                if replaced is not None:  # a manual run while a challenger was under test replaces it
+                    self.runs.set_outcome(replaced.challenger, RunStatus.REJECTED, conn=conn)
+                if ab:
+                    exp = self.experiments.start(champion.name if champion else self.config.champion_model, name, conn=conn)
+                    report["experiment_id"] = exp.id
+                self.generator.mark_trained(gen, run_id, conn=conn)  # streamed from the result's spool, in batches
+                grace = timedelta(hours=self.config.generator_config.late_arrival_hours)
+                self.store.set_state("data_watermark", gen.until - grace if gen.until else None, conn=conn)
+                self.store.set_state("eligible_samples", None, conn=conn)  # consumed: the status recounts
+                run_status = RunStatus.DEPLOYED if ab else RunStatus.PROMOTED
+                self.runs.update(run_id, status=run_status, model_version=name, finished=True, conn=conn)
+        except _LeaseLost:
+            error = ("lost the daemon lease during training (another daemon took over the store); "
+                     "not deployed, no data consumed")
+            log.error("run %d: %s", run_id, error)
+            self.runs.update(run_id, status=RunStatus.INTERRUPTED, error=error, finished=True)
+            return {**report, "status": RunStatus.INTERRUPTED.value, "error": error}
         self.on_deploy()
         self._update_rehearsal(gen)
         gen.close(delete_files=not self.config.keep_training_data)  # spool; train/val/parquet files unless kept

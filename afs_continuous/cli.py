@@ -40,7 +40,8 @@ def _setup_logging(verbose: bool) -> None:
 
 def _load(config_path: str | None, db: str | None) -> LoopConfig:
     try:
-        overrides = {"db_path": db} if db else None
+        # --db names a SQLite file and wins over database_url from the file or the environment
+        overrides = {"db_path": db, "database_url": None} if db else None
         return load_config(config_path, overrides=overrides)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
@@ -75,10 +76,31 @@ def resolve_eval_fn(spec: str | None, config: LoopConfig) -> Callable[[str], Any
     return import_callable(spec, "eval function") if spec else None
 
 
-def _open_loop(config: LoopConfig) -> Any:
+def _require_store(config: LoopConfig) -> None:
+    """Fail (exit 1) when the configured SQLite store file does not exist."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(config.store_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        if not Path(url.database).expanduser().exists():
+            raise click.ClickException(f"no store at {url.database} (check --db / --config / db_path); "
+                                       "the daemon creates it on its first start")
+
+
+def _open_loop(config: LoopConfig, *, must_exist: bool = True) -> Any:
+    """Open the loop; our errors become clean CLI errors (exit 1).
+
+    Operator commands pass ``must_exist=True`` so that a mistyped SQLite path
+    is an error instead of a new, empty store; the daemon creates its store.
+    """
     from .loop import ContinuousLearningLoop
 
-    return ContinuousLearningLoop(config)
+    if must_exist:
+        _require_store(config)
+    try:
+        return ContinuousLearningLoop(config)
+    except AfsContinuousError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _emit(data: Any, as_json: bool, text: str) -> None:
@@ -90,7 +112,8 @@ def _emit(data: Any, as_json: bool, text: str) -> None:
 
 _config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar=ENV_PREFIX + "CONFIG",
                               help="config.json (keys of LoopConfig). Env: AFS_CONTINUOUS_CONFIG.")
-_db_option = click.option("--db", default=None, help="SQLite store path (overrides db_path in the config).")
+_db_option = click.option("--db", default=None,
+                          help="SQLite store path (overrides db_path and database_url from the config and environment).")
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON only (for machines).")
 _verbose_option = click.option("-v", "--verbose", is_flag=True, help="Debug logging on stderr.")
 
@@ -138,10 +161,7 @@ def daemon_command(config_path: str | None, db: str | None, show_status: bool, t
     if train_fn is not None and eval_fn is None and config.training.canary_thresholds_set:
         raise click.UsageError("the canary gate has thresholds (training.canary_*) but no eval function: "
                                "pass --eval-fn module:function or set training.eval_fn")
-    try:
-        loop = _open_loop(config)
-    except AfsContinuousError as exc:
-        raise click.ClickException(str(exc)) from None
+    loop = _open_loop(config, must_exist=show_status)
     try:
         if show_status:
             summary = loop.get_status_summary()
@@ -246,7 +266,7 @@ def _registry_op(op: str, name: str | None, reason: str, actor: str, config_path
             text = (f"champion is now {version.name} (was {before.name if before else '-'}); "
                     f"recorded by {actor}: {reason}")
         _emit(version.to_dict(), as_json, text)
-    except NotFoundError as exc:
+    except (NotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         loop.close()
@@ -351,6 +371,7 @@ def db_current(config_path: str | None, db: str | None, as_json: bool) -> None:
 
     config = _load(config_path, db)
     try:
+        _require_store(config)
         revision: str | None = Store(config.store_url, auto_upgrade=False).schema_revision()
     except SchemaVersionError as exc:  # older or newer: report it, change nothing
         revision = str(exc)
@@ -364,6 +385,7 @@ def db_current(config_path: str | None, db: str | None, as_json: bool) -> None:
 def db_upgrade(config_path: str | None, db: str | None) -> None:
     """Upgrade the store's schema to this version in place (data kept; safe to run twice)."""
     config = _load(config_path, db)
+    _require_store(config)
     try:
         before, after = _upgrade(config.store_url)
     except AfsContinuousError as exc:

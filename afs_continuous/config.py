@@ -496,8 +496,16 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: the top level must be a JSON object, got {type(loaded).__name__}")
         data = loaded
-    data = _deep_merge(data, _env_overrides(os.environ if env is None else env))
+    environment = os.environ if env is None else env
+    data = _deep_merge(data, _env_overrides(environment))
     if overrides:
         data = _deep_merge(data, overrides)
-    return LoopConfig.model_validate(data)
+    try:
+        return LoopConfig.model_validate(data)
+    except ConfigError as exc:
+        used = sorted(name for name in environment
+                      if name.startswith(ENV_PREFIX) and name not in {ENV_PREFIX + "CONFIG", ENV_PREFIX + "TRAIN_FN"})
+        if used:
+            raise ConfigError(f"{exc} (environment overrides in effect: {', '.join(used)})") from None
+        raise
 

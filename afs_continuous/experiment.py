@@ -314,7 +314,8 @@ class ExperimentManager:
             ev.reasons.append(
                 f"sample-ratio mismatch: served {a['n_units']}/{b['n_units']} units vs configured "
                 f"{1 - exp.traffic_fraction:.0%}/{exp.traffic_fraction:.0%} (chi2 {srm.chi2:.1f}, p {srm.p_value:.2g} < "
-                f"{cfg.srm_threshold}); promotion blocked until the routing is fixed"
+                f"{cfg.srm_threshold}); promotion blocked: fix the routing, then end the experiment "
+                f"(promote/rollback); it stops at max_duration_hours"
             )
         elif n_min < cfg.min_samples_per_arm:
             ev.reasons.append(f"not enough samples: {n_min} units in the smaller arm, need {cfg.min_samples_per_arm} per arm")
@@ -347,7 +348,8 @@ class ExperimentManager:
                 ev.reasons.append(f"lift {cmp.lift:+.1%} below the promotion threshold {cfg.promotion_threshold:.0%}")
             else:
                 ev.reasons.append(f"lower bound {cmp.ci_low:+.1%} below the promotion threshold {cfg.promotion_threshold:.0%} (strict)")
-        if ev.decision == Decision.CONTINUE and cfg.max_duration_hours is not None and elapsed_h >= cfg.max_duration_hours:
+        if (ev.decision in (Decision.CONTINUE, Decision.INVALID) and cfg.max_duration_hours is not None
+                and elapsed_h >= cfg.max_duration_hours):
             ev.decision = Decision.STOP
             ev.reasons.append(f"maximum duration reached undecided ({elapsed_h:.1f} h >= {cfg.max_duration_hours:g} h); champion stays")
         if record:

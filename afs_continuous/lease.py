@@ -132,6 +132,16 @@ class Lease:
             raise LeaseHeld(current)
         return info
 
+    def holds(self, conn: Any = None) -> bool:
+        """True when this process holds the lease and it has not expired (checked in ``conn``'s transaction)."""
+        stmt = select(L.c.holder, L.c.expires_at).where(L.c.name == self.name)
+        if conn is None:
+            with self.store.read() as c:
+                row = c.execute(stmt).first()
+        else:
+            row = conn.execute(stmt).first()
+        return row is not None and row[0] == self.holder and row[1] > self.clock()
+
     def release(self) -> None:
         """Give the lease up (only if this process holds it)."""
         self.stop_heartbeat()

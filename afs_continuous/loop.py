@@ -92,10 +92,10 @@ class ContinuousLearningLoop:
         self.generator = TrainingDataGenerator(self.store, cfg.generator_config, cfg.data_path, clock=clock)
         self.runs = TrainingRunLog(self.store, clock=clock)
         self.monitor = DriftMonitor(self.store, cfg.ab_test_config, clock=clock)
-        self.pipeline = RetrainPipeline(cfg, self.store, self.registry, self.experiments, self.generator, self.runs,
-                                        self.triggers, on_deploy=self._invalidate)
         self._stop = threading.Event()
         self.lease = Lease(self.store, "daemon", ttl_s=cfg.lease_ttl_s, holder=f"{owner_id()}:{secrets.token_hex(4)}")
+        self.pipeline = RetrainPipeline(cfg, self.store, self.registry, self.experiments, self.generator, self.runs,
+                                        self.triggers, on_deploy=self._invalidate, is_leader=self.lease.holds)
         self._lease_held = False
         self._route_cache: tuple[float, ModelVersion, ModelVersion | None, Any] | None = None
         with self.store.write() as conn:
@@ -378,8 +378,10 @@ class ContinuousLearningLoop:
         with self.store.write() as conn:
             before = self.registry.champion(conn=conn)
             version = self.registry.promote(name, reason=reason, actor=actor, conn=conn)
-            if before is None or before.name != version.name:
-                self.runs.set_outcome(name, RunStatus.PROMOTED, conn=conn)
+            if before is not None and before.name == version.name:
+                return version  # already the champion: nothing changes, a running experiment goes on
+            self.runs.set_outcome(name, RunStatus.PROMOTED, conn=conn)
+            self.monitor.stop(conn=conn)
             if exp is not None:
                 if exp.challenger == name:
                     self.experiments.conclude(exp, Decision.PROMOTE, conn=conn)
@@ -406,15 +408,20 @@ class ContinuousLearningLoop:
         with self.store.write() as conn:
             before = self.registry.champion(conn=conn)
             version = self.registry.rollback(name, reason=reason, actor=actor, conn=conn)
-            if before is not None and before.name != version.name:
+            if before is not None and before.name == version.name:
+                return version  # already the champion: nothing changes, a running experiment goes on
+            if before is not None:
                 self.runs.set_outcome(before.name, RunStatus.ROLLED_BACK, conn=conn)
-                self.runs.set_outcome(version.name, RunStatus.PROMOTED, conn=conn)
-                self.monitor.stop(conn=conn)
+            self.runs.set_outcome(version.name, RunStatus.PROMOTED, conn=conn)
+            self.monitor.stop(conn=conn)
             if exp is not None:
-                self.registry.retire(exp.challenger, reason=f"experiment ended by rollback to {version.name}: {reason}",
-                                     actor=actor, conn=conn)
-                self.experiments.conclude(exp, Decision.STOP, conn=conn)
-                self.runs.set_outcome(exp.challenger, RunStatus.REJECTED, conn=conn)
+                if exp.challenger == version.name:  # "rolled back" to the challenger under test: it wins
+                    self.experiments.conclude(exp, Decision.PROMOTE, conn=conn)
+                else:
+                    self.registry.retire(exp.challenger, reason=f"experiment ended by rollback to {version.name}: "
+                                         f"{reason}", actor=actor, conn=conn)
+                    self.experiments.conclude(exp, Decision.STOP, conn=conn)
+                    self.runs.set_outcome(exp.challenger, RunStatus.REJECTED, conn=conn)
         self._invalidate()
         return version
 

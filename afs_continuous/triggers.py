@@ -154,6 +154,13 @@ class TriggerChecker:
             return TriggerResult(False, first.trigger,
                                  f"{first.trigger.value} fired but in cooldown for another {remaining / 3600:.1f} h",
                                  now, checks, remaining, blocked_by="cooldown")
+        eligible = next(c.details["eligible_samples"] for c in checks if c.trigger == TriggerType.SAMPLE_COUNT)
+        need = self.generator_config.min_samples
+        if eligible < need and not manual:  # a run would only be skipped: do not start one every hour
+            return TriggerResult(False, first.trigger,
+                                 f"{first.trigger.value} fired but only {eligible} eligible samples "
+                                 f"(< generator_config.min_samples {need}): nothing to train on",
+                                 now, checks, remaining, blocked_by="too few samples")
         return TriggerResult(True, first.trigger, f"{first.trigger.value}: {first.reason}", now, checks, remaining)
 
     def _sample_count(self, now: datetime, watermark: datetime | None) -> TriggerCheck:
@@ -200,7 +207,9 @@ class TriggerChecker:
             return TriggerCheck(TriggerType.QUALITY_DROP, False,
                                 f"too few scored records (recent {n_recent}, baseline {n_base}; need "
                                 f"{cfg.min_quality_samples} each)", details)
-        assert drop is not None and recent is not None and base is not None
+        if drop is None or recent is None or base is None:  # a baseline mean of 0 cannot drop
+            return TriggerCheck(TriggerType.QUALITY_DROP, False, f"baseline mean is {base}: no drop to measure",
+                                details)
         # a drop of exactly the threshold fires: means are float sums, so 1.0 -> 0.9 gives 0.0999...98
         fired = drop >= threshold - 1e-9
         return TriggerCheck(TriggerType.QUALITY_DROP, fired,

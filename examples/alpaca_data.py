@@ -4,7 +4,7 @@ Search order for ``<model>.jsonl.gz``:
 
 1. ``--data-dir`` / the ``AFS_ALPACA_EVAL_DIR`` environment variable when given,
    otherwise ``../shared/data/alpaca_eval`` next to this checkout;
-2. the cache, ``$AFS_CONTINUOUS_CACHE`` or ``~/.cache/afs_continuous/alpaca_eval``;
+2. the cache, ``$AFS_ALPACA_EVAL_CACHE`` or ``~/.cache/afs_continuous/alpaca_eval``;
 3. a download of ``results/<model>/weighted_alpaca_eval_gpt4_turbo/annotations.json``
    from the public ``tatsu-lab/alpaca_eval`` GitHub repository (Apache-2.0),
    converted to the same JSONL format and stored in the cache.
@@ -41,7 +41,7 @@ class DataUnavailable(RuntimeError):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("AFS_CONTINUOUS_CACHE")
+    root = os.environ.get("AFS_ALPACA_EVAL_CACHE")
     return (Path(root).expanduser() if root else Path.home() / ".cache" / "afs_continuous") / "alpaca_eval"
 
 

@@ -152,3 +152,30 @@ def test_console_commands_are_installed():
         exe = shutil.which(name) or str(Path(sys.executable).parent / name)
         assert Path(exe).exists(), f"{name} is not installed"
         assert "--help" in run([exe, "--help"], ROOT, check=True).stdout
+
+
+def test_operator_commands_on_a_missing_store_fail_and_create_nothing(tmp_path):
+    for args in (["versions"], ["status"], ["runs"], ["rollback", "v1"], ["report", "1"], ["db", "current"]):
+        proc = run(CLI + args + ["--db", "typo.db"], tmp_path)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert "no store at" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_operator_commands_on_a_damaged_store_fail_cleanly(tmp_path):
+    (tmp_path / "bad.db").write_bytes(os.urandom(8192))
+    before = (tmp_path / "bad.db").read_bytes()
+    for args in (["versions"], ["status"], ["promote", "v1"]):
+        proc = run(CLI + args + ["--db", "bad.db"], tmp_path)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert "not a valid SQLite database" in proc.stderr
+    assert (tmp_path / "bad.db").read_bytes() == before
+
+
+def test_db_flag_wins_over_database_url_in_the_environment(workdir):
+    _fill(workdir)
+    other = workdir / "elsewhere.db"
+    proc = run(CLI + ["status", "--db", "usage.db", "--json"], workdir,
+               env={"AFS_CONTINUOUS_DATABASE_URL": f"sqlite:///{other}"}, check=True)
+    assert json.loads(proc.stdout)["usage_stats"]["total"] == 30
+    assert not other.exists()

@@ -60,7 +60,7 @@ def test_demo_without_data_says_where_to_get_it_and_exits_nonzero(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(DEMO), "--workdir", str(tmp_path / "demo"), "--data-dir", str(empty)],
         capture_output=True, text=True, timeout=120,
-        env=_env(AFS_CONTINUOUS_CACHE=str(tmp_path / "cache"), AFS_ALPACA_EVAL_BASE_URL="http://127.0.0.1:9/results"),
+        env=_env(AFS_ALPACA_EVAL_CACHE=str(tmp_path / "cache"), AFS_ALPACA_EVAL_BASE_URL="http://127.0.0.1:9/results"),
     )
     assert proc.returncode == 2
     assert "could not download" in proc.stderr and "github.com/tatsu-lab/alpaca_eval" in proc.stderr
@@ -83,7 +83,7 @@ def test_download_converts_the_upstream_annotations(tmp_path, alpaca_dir, monkey
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setattr(alpaca_data, "BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/results")
-        monkeypatch.setenv("AFS_CONTINUOUS_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setenv("AFS_ALPACA_EVAL_CACHE", str(tmp_path / "cache"))
         got = alpaca_data.load_model_rows(model, str(tmp_path / "nothing-here"))
     finally:
         server.shutdown()

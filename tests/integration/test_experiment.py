@@ -191,8 +191,14 @@ def test_sample_ratio_mismatch_blocks_promotion(experiment_loop, clock, alpaca) 
     assert ev["srm"]["mismatch"] is True and ev["srm"]["observed"] == [1400, 600]
     assert ev["reasons"][0].startswith("sample-ratio mismatch: served 1400/600 units vs configured 90%/10%")
     assert loop.registry.champion().name == CHAMPION
-    assert loop.experiments.active() is not None  # kept running for someone to fix the routing
+    assert loop.experiments.active() is not None  # kept running (blocked) for someone to fix the routing
     assert loop.experiments.active().last_evaluation["decision"] == "invalid"
+    # ... but not forever: at max_duration_hours an invalid experiment stops, the champion stays
+    clock.set(t0 + timedelta(hours=337))
+    ev = loop.run_iteration()["experiment"]
+    assert ev["decision"] == "stop" and "maximum duration reached" in ev["reasons"][-1]
+    assert loop.experiments.active() is None and loop.registry.champion().name == CHAMPION
+    assert loop.registry.get(CHALLENGER).status is VersionStatus.RETIRED
 
 
 def test_significantly_worse_challenger_is_stopped_early(experiment_loop, clock, alpaca, replay) -> None:

@@ -179,3 +179,46 @@ def test_evaluate_experiment_reports_without_acting(experiment_loop, clock, alpa
     assert loop.experiments.active() is not None
     assert loop.run_iteration()["experiment"]["decision"] == "promote"  # run_iteration acts on it
     assert loop.registry.champion().name == CHALLENGER
+
+
+# ------------------------------------------------------------------ manual operations during an experiment
+def test_rollback_to_the_champion_during_an_experiment_changes_nothing(experiment_loop):
+    loop = experiment_loop
+    exp = loop.experiments.active()
+    version = loop.rollback(CHAMPION, reason="oops, already champion")
+    assert version.name == CHAMPION
+    assert loop.experiments.active() is not None and loop.experiments.active().id == exp.id
+    assert loop.registry.get(CHALLENGER).status is VersionStatus.CHALLENGER
+    assert loop.runs.get(1).status is RunStatus.DEPLOYED
+    assert loop.promote(CHAMPION).name == CHAMPION and loop.experiments.active() is not None
+
+
+def test_rollback_to_the_challenger_under_test_promotes_it(experiment_loop):
+    loop = experiment_loop
+    version = loop.rollback(CHALLENGER, reason="the operator trusts it")
+    assert version.name == CHALLENGER and loop.registry.champion().name == CHALLENGER
+    assert loop.experiments.active() is None
+    assert loop.experiments.history(1)[0].decision == "promote"
+    assert loop.runs.get(1).status is RunStatus.PROMOTED
+
+
+def test_a_daemon_that_lost_its_lease_during_training_does_not_deploy(tmp_path, clock, make_loop, log_rows, alpaca):
+    """The lease expires during a long train_fn and another daemon takes the store over."""
+    from afs_continuous.clock import utc_now
+    from afs_continuous.lease import Lease
+
+    def train_while_taken_over(data_path: str) -> dict:
+        later = lambda: utc_now() + timedelta(days=1)  # noqa: E731 - leases run on the wall clock
+        other = Lease(loop.store, "daemon", ttl_s=60, holder="otherhost:1:abcd", clock=later)
+        assert other.acquire() is not None  # our lease looked expired to it
+        out = tmp_path / "adapter"
+        out.mkdir()
+        return {"model_path": str(out)}
+
+    loop = make_loop(tmp_path, clock, generator_config={"min_samples": 5, "include_existing_data": False})
+    log_rows(loop, [r for r in alpaca("FuseChat-Llama-3.1-8B") if r["preference"] > 1.7][:10], "base")
+    result = loop.run_iteration(train_while_taken_over, manual=True)["retrain"]
+    assert result["status"] == "interrupted" and "lost the daemon lease" in result["error"]
+    assert [v.name for v in loop.registry.list()] == ["base"]  # nothing deployed
+    assert loop.experiments.active() is None
+    assert loop.triggers.state()["data_watermark"] is None  # no data consumed

@@ -47,7 +47,7 @@ def log_good(logger: UsageLogger, n: int, prefix: str = "good") -> list[str]:
 def test_sample_count_counts_eligible_samples_only(tmp_path: Path, clock: ManualClock) -> None:
     store = Store(str(tmp_path / "usage.db"))
     lg = UsageLogger(store, clock=clock)
-    checker = TriggerChecker(store, TriggerConfig(min_new_samples=5, **ONLY_SAMPLES), DataGeneratorConfig(), clock=clock)
+    checker = TriggerChecker(store, TriggerConfig(min_new_samples=5, **ONLY_SAMPLES), DataGeneratorConfig(min_samples=5), clock=clock)
 
     log_good(lg, 4)
     for i in range(3):  # low quality, thumbs up
@@ -95,6 +95,7 @@ def test_sample_count_matches_what_the_generator_would_use(tmp_path, clock, make
 # ------------------------------------------------------------------ schedule
 def test_schedule_fires_after_the_interval_since_first_start_then_once_per_period(tmp_path, clock, make_loop) -> None:
     loop = make_loop(tmp_path, clock, trigger_config=ONLY_SCHEDULE)
+    log_good(loop.logger, 10)  # something to train on (an empty store would only report "too few samples")
     first = loop.run_iteration()
     assert first["retrain_triggered"] is False  # a new store never retrains at once
     sched = next(c for c in first["trigger"]["checks"] if c["trigger"] == "schedule")
@@ -106,7 +107,7 @@ def test_schedule_fires_after_the_interval_since_first_start_then_once_per_perio
     due = loop.run_iteration()
     assert due["retrain_triggered"] is True
     assert due["trigger"]["trigger"] == "schedule"
-    assert due["retrain"]["status"] == "skipped"  # nothing to train on, but the period is used up
+    assert due["retrain"]["status"] == "data_ready"  # no train_fn: data prepared, and the period is used up
 
     for hours in (0.5, 1, 24, 100):
         clock.set(START + timedelta(hours=168 + hours))
@@ -117,7 +118,9 @@ def test_schedule_fires_after_the_interval_since_first_start_then_once_per_perio
 
 
 def test_schedule_reference_survives_restart(tmp_path, clock, make_loop) -> None:
-    make_loop(tmp_path, clock, trigger_config=ONLY_SCHEDULE).close()
+    first = make_loop(tmp_path, clock, trigger_config=ONLY_SCHEDULE)
+    log_good(first.logger, 10)
+    first.close()
     clock.advance(hours=100)
     loop = make_loop(tmp_path, clock, trigger_config=ONLY_SCHEDULE)  # restart: reference stays the first start
     assert loop.get_status_summary()["status"]["first_start_at"] == START.isoformat()
@@ -144,7 +147,7 @@ def test_quality_drop_fires_on_real_degradation(tmp_path, clock, make_loop, alpa
     loop = _quality_loop(tmp_path, clock, make_loop)
     strong, weak = alpaca("FuseChat-Llama-3.1-8B")[:120], alpaca("FuseChat-Llama-3.2-1B")[120:240]
     clock.advance(hours=1)
-    log_rows(loop, strong, "base", feedback=False)
+    log_rows(loop, strong, "base")  # with thumbs: the good answers are training data
     clock.set(START + timedelta(hours=150))
     log_rows(loop, weak, "base", feedback=False)
     clock.set(START + timedelta(hours=160))
@@ -188,6 +191,49 @@ def test_quality_drop_needs_enough_samples(tmp_path, clock, make_loop, alpaca, l
     assert qd.fired is False
     assert qd.details["recent_n"] == 3 and qd.details["recent_mean"] == 0.0
     assert "too few scored records (recent 3, baseline 150; need 100 each)" in qd.reason
+
+
+def test_a_schedule_due_on_an_empty_store_starts_no_run(tmp_path, clock, make_loop) -> None:
+    loop = make_loop(tmp_path, clock, trigger_config=ONLY_SCHEDULE)
+    clock.advance(hours=200)
+    result = loop.run_iteration()
+    assert check_of_dict(result["trigger"], "schedule")["fired"] and result["retrain_triggered"] is False
+    assert result["trigger"]["blocked_by"] == "too few samples" and loop.runs.list() == []
+    log_good(loop.logger, 10)  # data arrives: the overdue schedule runs at the next check
+    clock.advance(hours=1)
+    assert loop.run_iteration()["retrain"]["status"] == "data_ready"
+
+
+def test_a_quality_drop_with_nothing_to_train_on_starts_no_run(tmp_path, clock, make_loop, trainer) -> None:
+    """The drop is real but no record is eligible (no feedback): no skipped run every hour."""
+    loop = _quality_loop(tmp_path, clock, make_loop)
+    clock.advance(hours=1)
+    _log_scores(loop.logger, [0.9] * 100)
+    clock.set(START + timedelta(hours=150))
+    _log_scores(loop.logger, [0.5] * 100)
+    for hour in range(160, 166):
+        clock.set(START + timedelta(hours=hour))
+        result = loop.run_iteration(trainer)
+        assert check_of_dict(result["trigger"], "quality_drop")["fired"] is True
+        assert result["retrain_triggered"] is False and result["trigger"]["blocked_by"] == "too few samples"
+        assert "only 0 eligible samples" in result["trigger"]["reason"]
+    assert loop.runs.list() == [] and trainer.calls == []
+
+
+def test_a_baseline_of_zero_quality_does_not_break_the_check(tmp_path, clock, make_loop) -> None:
+    loop = _quality_loop(tmp_path, clock, make_loop)
+    clock.advance(hours=1)
+    _log_scores(loop.logger, [0.0] * 100)
+    clock.set(START + timedelta(hours=150))
+    _log_scores(loop.logger, [0.0] * 100)
+    clock.set(START + timedelta(hours=160))
+    qd = check_of(loop.triggers.check(), TriggerType.QUALITY_DROP)
+    assert qd.fired is False and "baseline mean is 0.0" in qd.reason
+    assert loop.run_iteration()["retrain_triggered"] is False
+
+
+def check_of_dict(trigger: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in trigger["checks"] if c["trigger"] == name)
 
 
 # ------------------------------------------------------------------ cooldown and manual
