@@ -220,18 +220,26 @@ class ExperimentManager:
         self._rng = random.Random()
 
     def start(self, champion: str, challenger: str, *, traffic_fraction: float | None = None,
-              conn: Connection | None = None) -> ExperimentInfo:
-        """Start an experiment; any running experiment is ended first (decision ``stop``)."""
+              seed: str | None = None, conn: Connection | None = None) -> ExperimentInfo:
+        """Start an experiment; any running experiment is ended first (decision ``stop``).
+
+        Args:
+            champion / challenger: Version names of the two arms.
+            traffic_fraction: Challenger share, 0..1 (default ``initial_challenger_traffic``).
+            seed: Assignment seed (default: random); fixing it makes the unit-to-arm
+                assignment reproducible.
+        """
         if conn is None:
             with self.store.write() as c:
-                return self.start(champion, challenger, traffic_fraction=traffic_fraction, conn=c)
+                return self.start(champion, challenger, traffic_fraction=traffic_fraction, seed=seed, conn=c)
         fraction = self.config.initial_challenger_traffic if traffic_fraction is None else traffic_fraction
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"traffic_fraction must be in (0, 1), got {fraction!r}")
         now = self.clock()
         conn.execute(update(E).where(E.c.status == "running").values(status="ended", ended_at=now, decision="stop"))
         result = conn.execute(E.insert().values(
-            champion=champion, challenger=challenger, traffic_fraction=fraction, seed=secrets.token_hex(8),
+            champion=champion, challenger=challenger, traffic_fraction=fraction,
+            seed=seed if seed is not None else secrets.token_hex(8),
             status="running", started_at=now, n_looks=0,
         ))
         return self.get(int(result.inserted_primary_key[0]), conn=conn)

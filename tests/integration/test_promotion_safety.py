@@ -14,15 +14,17 @@ CHAMPION = "FuseChat-Llama-3.2-3B"
 CHALLENGER = f"{CHAMPION}-ft1"
 
 
-def test_small_true_gap_is_not_promoted(tmp_path, clock, make_loop, trainer, alpaca, log_rows):
-    """8B vs Qwen-7B (true win rates 0.633 vs 0.646, about +2%): hourly looks for 7 days never promote."""
-    loop = make_loop(tmp_path, clock, train_fn=trainer, champion_model="llama-8b", route_cache_s=60,
+def test_small_true_gap_is_not_promoted(tmp_path, clock, make_loop, alpaca):
+    """8B vs Qwen-7B (true win rates 0.633 vs 0.646, about +2%): hourly looks for 7 days never promote.
+
+    The assignment seed and the traffic are fixed so the test is reproducible; how often the rule
+    promotes at +2% across experiments is measured by the simulation (docs/statistics.md).
+    """
+    loop = make_loop(tmp_path, clock, champion_model="llama-8b", route_cache_s=60,
                      trigger_config={"min_new_samples": None, "schedule_interval_hours": None,
-                                     "quality_drop_threshold": None},
-                     generator_config={"min_samples": 10, "include_existing_data": False})
-    log_rows(loop, [r for r in alpaca("FuseChat-Llama-3.1-8B") if r["preference"] > 1.7][:20], "llama-8b")
-    clock.advance(hours=1)
-    assert loop.run_iteration(manual=True)["retrain"]["status"] == "deployed"
+                                     "quality_drop_threshold": None})
+    loop.registry.register("qwen-7b", path=str(tmp_path), reason="a candidate with a +2% true gap")
+    loop.experiments.start("llama-8b", "qwen-7b", seed="small-gap-1")
     champ, chall = alpaca("FuseChat-Llama-3.1-8B"), alpaca("FuseChat-Qwen-2.5-7B")
     rng = random.Random(7)
     decisions = []
