@@ -381,17 +381,22 @@ class ContinuousLearningLoop:
             if before is not None and before.name == version.name:
                 return version  # already the champion: nothing changes, a running experiment goes on
             self.runs.set_outcome(name, RunStatus.PROMOTED, conn=conn)
-            self.monitor.stop(conn=conn)
-            if exp is not None:
-                if exp.challenger == name:
-                    self.experiments.conclude(exp, Decision.PROMOTE, conn=conn)
-                else:
-                    self.registry.retire(exp.challenger, reason=f"experiment ended by manual promotion of {name}: "
-                                         f"{reason}", actor=actor, conn=conn)
-                    self.experiments.conclude(exp, Decision.STOP, conn=conn)
-                    self.runs.set_outcome(exp.challenger, RunStatus.REJECTED, conn=conn)
+            self._end_experiment_for(exp, name, f"manual promotion of {name}: {reason}", actor, conn)
         self._invalidate()
         return version
+
+    def _end_experiment_for(self, exp: Any, champion: str, why: str, actor: str, conn: Any) -> None:
+        """A manual champion change ends the running experiment: its challenger wins if it is the new
+        champion, else it is retired and its run rejected. The drift watch ends too."""
+        self.monitor.stop(conn=conn)
+        if exp is None:
+            return
+        if exp.challenger == champion:
+            self.experiments.conclude(exp, Decision.PROMOTE, conn=conn)
+            return
+        self.registry.retire(exp.challenger, reason=f"experiment ended by {why}", actor=actor, conn=conn)
+        self.experiments.conclude(exp, Decision.STOP, conn=conn)
+        self.runs.set_outcome(exp.challenger, RunStatus.REJECTED, conn=conn)
 
     def rollback(self, name: str | None = None, *, reason: str = "manual rollback", actor: str = "operator") -> ModelVersion:
         """Restore ``name`` (default: the previous champion) as champion; ends a running experiment.
@@ -413,15 +418,7 @@ class ContinuousLearningLoop:
             if before is not None:
                 self.runs.set_outcome(before.name, RunStatus.ROLLED_BACK, conn=conn)
             self.runs.set_outcome(version.name, RunStatus.PROMOTED, conn=conn)
-            self.monitor.stop(conn=conn)
-            if exp is not None:
-                if exp.challenger == version.name:  # "rolled back" to the challenger under test: it wins
-                    self.experiments.conclude(exp, Decision.PROMOTE, conn=conn)
-                else:
-                    self.registry.retire(exp.challenger, reason=f"experiment ended by rollback to {version.name}: "
-                                         f"{reason}", actor=actor, conn=conn)
-                    self.experiments.conclude(exp, Decision.STOP, conn=conn)
-                    self.runs.set_outcome(exp.challenger, RunStatus.REJECTED, conn=conn)
+            self._end_experiment_for(exp, version.name, f"rollback to {version.name}: {reason}", actor, conn)
         self._invalidate()
         return version
 
