@@ -270,7 +270,7 @@ class TrainingRunLog:
         """Update columns of a run; dict values are stored as JSON (``counts``, ``metrics``, ``decision``)."""
         row: dict[str, Any] = {}
         for key, value in values.items():
-            if key in ("counts", "metrics", "decision", "watermark"):
+            if key in ("counts", "metrics", "decision"):
                 # key order kept (counts are in pipeline order); datetimes and enums as dumps() writes them
                 row[f"{key}_json"] = json.dumps(value, default=lambda v: json.loads(dumps(v)))
             elif isinstance(value, Enum):

@@ -44,18 +44,25 @@ def test_small_true_gap_is_not_promoted(tmp_path, clock, make_loop, alpaca):
     assert loop.registry.champion().name == "llama-8b"
 
 
-def test_latency_guardrail_stops_a_slower_challenger(experiment_loop, clock, alpaca):
-    """Better answers (8B) served 40% slower: the latency guardrail (margin +10%) stops it."""
-    loop = experiment_loop
+def _serve_8b_challenger(loop, clock, alpaca, *, challenger_latency_ms: float) -> None:
+    """6,000 routed requests: the champion arm serves 3B answers at ~1 s, the challenger 8B answers,
+    each request rated by thumbs from the judge's preference."""
     champ, chall = alpaca(CHAMPION), alpaca("FuseChat-Llama-3.1-8B")
     for i in range(6000):
         uid = f"user-{i}"
         version = loop.route(uid)
-        slow = version.is_challenger
-        row = (chall if slow else champ)[i % 805]
-        loop.log_usage(row["instruction"], row["output"], model=version.name, unit_id=uid,
-                       quality_score=row["preference"] - 1.0, latency_ms=(1400.0 if slow else 1000.0) + i % 200)
+        row = (chall if version.is_challenger else champ)[i % 805]
+        latency = (challenger_latency_ms if version.is_challenger else 1000.0) + i % 200
+        rid = loop.log_usage(row["instruction"], row["output"], model=version.name, unit_id=uid,
+                             quality_score=row["preference"] - 1.0, latency_ms=latency)
+        loop.record_feedback(rid, 1 if row["preference"] > 1.5 else -1)
         clock.advance(seconds=30)
+
+
+def test_latency_guardrail_stops_a_slower_challenger(experiment_loop, clock, alpaca):
+    """Better answers (8B) served 40% slower: the latency guardrail (margin +10%) stops it."""
+    loop = experiment_loop
+    _serve_8b_challenger(loop, clock, alpaca, challenger_latency_ms=1400.0)
     ev = loop.run_iteration()["experiment"]
     assert ev["decision"] == "stop"
     latency = next(g for g in ev["guardrails"] if g["metric"] == "latency")
@@ -68,17 +75,7 @@ def test_latency_guardrail_stops_a_slower_challenger(experiment_loop, clock, alp
 
 def test_guardrails_hold_for_an_equally_fast_challenger(experiment_loop, clock, alpaca):
     loop = experiment_loop
-    champ, chall = alpaca(CHAMPION), alpaca("FuseChat-Llama-3.1-8B")
-    for i in range(6000):
-        uid = f"user-{i}"
-        version = loop.route(uid)
-        row = (chall if version.is_challenger else champ)[i % 805]
-        loop.log_usage(row["instruction"], row["output"], model=version.name, unit_id=uid,
-                       quality_score=row["preference"] - 1.0, latency_ms=1000.0 + i % 200)
-        loop.record_feedback(loop.log_usage(row["instruction"], row["output"], model=version.name, unit_id=uid,
-                                            quality_score=row["preference"] - 1.0, latency_ms=1000.0 + i % 200),
-                             1 if row["preference"] > 1.5 else -1)
-        clock.advance(seconds=30)
+    _serve_8b_challenger(loop, clock, alpaca, challenger_latency_ms=1000.0)
     ev = loop.run_iteration()["experiment"]
     assert {g["metric"] for g in ev["guardrails"]} == {"latency", "negative"}
     assert not any(g["violated"] for g in ev["guardrails"])
