@@ -18,6 +18,7 @@ from json.encoder import encode_basestring as _json_str  # the C encoder of json
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from ._io import make_private_dirs
 from .config import OutputFormat
 
 __all__ = ["ShuffleWriter", "chat_pair", "encoded_line", "format_chat", "format_pair", "json_str", "pair_line",
@@ -153,7 +154,7 @@ class _AtomicFile:
 
     def __enter__(self) -> "_AtomicFile":
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(self.path.parent)
             fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.stem}-", suffix=".tmp", dir=self.path.parent)
             self._fh = os.fdopen(fd, "w", encoding="utf-8")
         return self

@@ -8,16 +8,17 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["write_jsonl_atomic"]
+__all__ = ["make_private_dirs", "write_jsonl_atomic"]
 
 
 def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[Any]) -> int:
     """Write ``rows`` as JSONL atomically (temporary file, fsync, rename); return the row count.
 
     A reader never sees half a file, and a crash leaves the previous file intact.
+    The file is readable by the owner only (0600); missing folders are created 0700.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
     n = 0
     try:
@@ -32,3 +33,32 @@ def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[Any]) -> int
         Path(tmp).unlink(missing_ok=True)
         raise
     return n
+
+
+def make_private_dirs(path: str | os.PathLike[str]) -> Path:
+    """Create the folder ``path`` and its missing parents readable by the owner only (0700).
+
+    Folders that already exist keep their mode (``/tmp`` or a home directory is
+    never changed). Safe when another process creates the same folders at once.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        FileExistsError: ``path`` (or a parent) exists and is not a folder.
+        PermissionError: A folder cannot be created.
+    """
+    path = Path(path)
+    missing: list[Path] = []
+    current = path
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            pass  # created by another process meanwhile
+    if not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder")
+    return path

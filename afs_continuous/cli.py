@@ -98,7 +98,7 @@ def _open_loop(config: LoopConfig, *, must_exist: bool = True) -> Any:
     if must_exist:
         _require_store(config)
     try:
-        return ContinuousLearningLoop(config)
+        return ContinuousLearningLoop(config, verify_store=True)  # a damaged store: a clear error, not a traceback
     except AfsContinuousError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -193,7 +193,7 @@ def daemon_command(config_path: str | None, db: str | None, show_status: bool, t
 
         for sig in previous:
             signal.signal(sig, _stop)
-        log.info("daemon started on %s; checking every %g s", loop.store.url, config.check_interval_seconds)
+        log.info("daemon started on %s; checking every %g s", loop.store.display_url, config.check_interval_seconds)
         try:
             n = loop.run_loop(train_fn, max_iterations, no_train=no_train, dry_run=dry_run, eval_fn=eval_fn,
                               baseline_version=baseline_version, wait_for_lease=wait_for_lease,
@@ -367,15 +367,19 @@ def db() -> None:
 @_json_option
 def db_current(config_path: str | None, db: str | None, as_json: bool) -> None:
     """Print the store's schema revision and this version's newest one."""
-    from .store import Store, schema_head
+    from .store import Store, display_url, schema_head
 
     config = _load(config_path, db)
     try:
         _require_store(config)
-        revision: str | None = Store(config.store_url, auto_upgrade=False).schema_revision()
+        store = Store(config.store_url, auto_upgrade=False)
+        revision: str | None = store.schema_revision()
+        store.dispose()
     except SchemaVersionError as exc:  # older or newer: report it, change nothing
         revision = str(exc)
-    info = {"store": config.store_url, "revision": revision, "head": schema_head()}
+    except AfsContinuousError as exc:
+        raise click.ClickException(str(exc)) from None
+    info = {"store": display_url(config.store_url), "revision": revision, "head": schema_head()}
     _emit(info, as_json, f"store {info['store']}\nrevision {info['revision']}\nhead     {info['head']}")
 
 
@@ -396,6 +400,7 @@ def db_upgrade(config_path: str | None, db: str | None) -> None:
 def _upgrade(url: str) -> tuple[str | None, str]:
     from alembic.runtime.migration import MigrationContext
     from sqlalchemy import create_engine
+    from sqlalchemy.exc import DatabaseError
 
     from .store import Store
 
@@ -403,10 +408,15 @@ def _upgrade(url: str) -> tuple[str | None, str]:
     try:
         with engine.connect() as conn:
             before = MigrationContext.configure(conn).get_current_revision()
+    except DatabaseError:
+        before = None  # unreachable, damaged, not a database: Store() below says which
     finally:
         engine.dispose()
-    store = Store(url)
-    return before, str(store.schema_revision())
+    store = Store(url, verify=True)  # never upgrade a damaged file
+    try:
+        return before, str(store.schema_revision())
+    finally:
+        store.dispose()
 
 
 def daemon_main() -> None:

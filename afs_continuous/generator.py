@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
+from ._io import make_private_dirs
 from ._export import ShuffleWriter, chat_pair, encoded_line, format_chat, format_pair, json_str, val_path_for, write_parquet
 from ._queries import T, U, feedback_condition, quality_condition, window_condition
 from ._text import content_hash
@@ -255,7 +256,7 @@ class TrainingDataGenerator:
         cfg = self.config
         until = self.clock() if until is None else until
         path = Path(output_path) if output_path is not None else self.data_dir / "runs" / f"{name}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)  # user traffic: owner only (files are created 0600)
         _remove_stale_tmp(path.parent)
         t0 = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=path.parent))

@@ -147,6 +147,7 @@ class UsageLogger:
         clock: Clock = utc_now,
         durability: str | Durability | None = None,
     ) -> None:
+        self._owns_store = not isinstance(db_path, Store)  # close() closes the connections of a store it opened
         self.store = db_path if isinstance(db_path, Store) else Store(str(db_path))
         self.config = config if config is not None else LoggerConfig()
         if durability is not None:
@@ -306,6 +307,8 @@ class UsageLogger:
         if thread is not None and thread.is_alive():
             self._queue.put(None)
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if self._owns_store:
+            self.store.dispose()
         return drained
 
     def __enter__(self) -> "UsageLogger":
@@ -464,7 +467,7 @@ class UsageLogger:
         self.n_dropped += len(rows) + len(fb_rows)
         self._log_drop(f"write failed: {self.last_error}")
         if self._sync:
-            raise StoreError(f"could not write to the store {self.store.url}: {self.last_error}")
+            raise StoreError(f"could not write to the store {self.store.display_url}: {self.last_error}")
 
 
 _USAGE_COLUMNS = ("id", "created_at", "query", "response", "model", "latency_ms", "quality_score", "unit_id",

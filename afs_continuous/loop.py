@@ -60,9 +60,13 @@ class ContinuousLearningLoop:
         eval_fn: Default canary evaluation: ``eval_fn(model_path) -> {metric: float}``
             on a fixed golden set (default: ``training.eval_fn`` of the
             configuration, imported at the first training run; None: no canary).
+        verify_store: Check every page of a SQLite store at open
+            (:meth:`Store.quick_check`, reads the whole file: about 1 s per GB).
+            The daemon and the operator commands do; workers need not (damage
+            is reported as :class:`StoreError` by the first statement that hits it).
 
     Raises:
-        StoreError: The store cannot be opened.
+        StoreError: The store cannot be opened, or (``verify_store``) is damaged.
 
     Example:
         >>> import tempfile, os
@@ -78,13 +82,14 @@ class ContinuousLearningLoop:
     """
 
     def __init__(self, config: LoopConfig | None = None, *, clock: Clock = utc_now,
-                 train_fn: TrainFn | None = None, eval_fn: EvalFn | None = None) -> None:
+                 train_fn: TrainFn | None = None, eval_fn: EvalFn | None = None,
+                 verify_store: bool = False) -> None:
         self.config = config if config is not None else LoopConfig()
         self.clock = clock
         self.train_fn = train_fn
         self.eval_fn = eval_fn
         cfg = self.config
-        self.store = Store(cfg.store_url)
+        self.store = Store(cfg.store_url, verify=verify_store)
         self.logger = UsageLogger(self.store, config=cfg.logger_config, clock=clock)
         self.registry = ModelRegistry(self.store, clock=clock)
         self.experiments = ExperimentManager(self.store, cfg.ab_test_config, clock=clock)
@@ -430,7 +435,8 @@ class ContinuousLearningLoop:
             "status": {total_retrains, champion_model, challenger_model,
             challenger_traffic, last_training_at, cooldown_until,
             next_scheduled_at, eligible_samples, min_new_samples, ...},
-            "experiment": {...} | None, "training_runs": [...], "store": url}``.
+            "experiment": {...} | None, "training_runs": [...], "store": url}``
+            (``store``: the URL with its password hidden).
         """
         now = self.clock()
         usage = self.logger.get_statistics()
@@ -473,13 +479,14 @@ class ContinuousLearningLoop:
             "experiment": exp.to_dict() if exp else None,
             "promotion_watch": self.monitor.active(),
             "training_runs": [r.to_dict() for r in self.runs.list(limit=5)],
-            "store": self.store.url,
+            "store": self.store.display_url,
         }
 
     def close(self) -> None:
-        """Flush pending records, give back the daemon lease if held, release the store. Idempotent."""
+        """Flush pending records, give back the daemon lease if held, close every store connection. Idempotent."""
         self._release_lease()
         self.logger.close()
+        self.store.dispose()
 
     def __enter__(self) -> "ContinuousLearningLoop":
         return self

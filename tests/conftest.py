@@ -269,3 +269,34 @@ def replay(clock: ManualClock) -> Callable[..., dict[str, int]]:
     return run
 
 
+
+
+@pytest.fixture
+def damaged_store() -> Callable[[Path], tuple[Path, bytes]]:
+    """``damaged_store(folder) -> (path, bytes)``: a loop's SQLite store of 3,000 records at ``folder/usage.db``
+    whose eight middle pages are overwritten with random bytes (the 100-byte header intact), as a disk
+    or a copy gone wrong leaves it; returns the path and the file's bytes after the damage."""
+    import random
+    import sqlite3
+
+    def make(folder: Path, n_records: int = 3000) -> tuple[Path, bytes]:
+        db = folder / "usage.db"
+        with ContinuousLearningLoop(load_config(None, env={}, overrides={"db_path": str(db),
+                                                                         "data_dir": str(folder / "data")})) as loop:
+            for i in range(n_records):
+                loop.log_usage(f"question {i} " + "about the SNES CPU " * 20, f"answer {i} " + "it is a 65816 " * 40,
+                           "base", quality_score=0.8)
+        con = sqlite3.connect(db)
+        assert con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0  # everything in the main file
+        con.close()
+        data = bytearray(db.read_bytes())
+        page = int.from_bytes(data[16:18], "big") or 65536
+        total = len(data) // page
+        assert total > 100, f"store too small to damage ({total} pages)"
+        rng = random.Random(11)
+        for p in range(total // 2, total // 2 + 8):
+            data[p * page:(p + 1) * page] = bytes(rng.getrandbits(8) for _ in range(page))
+        db.write_bytes(bytes(data))
+        return db, bytes(data)
+
+    return make

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from afs_continuous._io import make_private_dirs
 from afs_continuous.errors import ConfigError, TrainingError
 from afs_continuous.training._data import _build_splits, _PadCollator, load_chat_records
 
@@ -351,7 +352,8 @@ def train_lora(
 
     stamp = f"{_dt.datetime.now(_dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     run_dir = pathlib.Path(config.output_dir).expanduser().absolute() / stamp
-    run_dir.mkdir(parents=True)
+    make_private_dirs(run_dir.parent)  # adapters learned from user traffic: owner only
+    run_dir.mkdir(mode=0o700)
     # The vocabulary is never resized, so only the LoRA weights need saving (not
     # a full copy of lm_head / embed_tokens when those are targeted).
     model.save_pretrained(run_dir, save_embedding_layers=False)

@@ -179,3 +179,57 @@ def test_db_flag_wins_over_database_url_in_the_environment(workdir):
                env={"AFS_CONTINUOUS_DATABASE_URL": f"sqlite:///{other}"}, check=True)
     assert json.loads(proc.stdout)["usage_stats"]["total"] == 30
     assert not other.exists()
+
+
+# ------------------------------------------------------------------ secrets and store faults, as an operator sees them
+def test_the_database_password_is_never_printed(workdir, store_url):
+    from sqlalchemy.engine import make_url
+
+    if store_url.startswith("sqlite"):
+        pytest.skip("needs AFS_TEST_DATABASE_URL=postgresql+psycopg://...")
+    url = make_url(store_url).set(password="s3cr3tpw").render_as_string(hide_password=False)
+    config = json.loads((workdir / "config.json").read_text())
+    (workdir / "config.json").write_text(json.dumps({**config, "database_url": url}))
+    outputs = [run(DAEMON + ["--config", "config.json", "--max-iterations", "1", "--no-train"], workdir, check=True)]
+    for args in (["--status"], ["--status", "--json"]):
+        outputs.append(run(DAEMON + ["--config", "config.json"] + args, workdir, check=True))
+    for args in (["status", "--json"], ["status"], ["db", "current"], ["db", "current", "--json"]):
+        outputs.append(run(CLI + args + ["--config", "config.json"], workdir, check=True))
+    assert "daemon started on postgresql+psycopg://postgres:***@" in outputs[0].stderr
+    assert json.loads(outputs[2].stdout)["store"].startswith("postgresql+psycopg://postgres:***@")
+    for proc in outputs:
+        assert "s3cr3tpw" not in proc.stdout + proc.stderr, proc.args
+    # unreachable server and missing database: their own messages, no password either
+    for bad, expected in ((make_pg_url_like(url, port=1), "cannot connect to the database server at"),
+                          (make_pg_url_like(url, database="afs_no_such_db"), "database 'afs_no_such_db' does not exist")):
+        (workdir / "config.json").write_text(json.dumps({**config, "database_url": bad}))
+        for cmd in (CLI + ["status"], DAEMON + ["--status"], CLI + ["db", "current"]):
+            proc = run(cmd + ["--config", "config.json"], workdir)
+            assert proc.returncode == 1 and expected in proc.stderr, proc.stderr
+            assert "s3cr3tpw" not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+            assert "SQLite" not in proc.stderr
+
+
+def make_pg_url_like(url: str, **parts) -> str:
+    """``url`` with ``parts`` (port, database) replaced."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(**parts).render_as_string(hide_password=False)
+
+
+def test_a_directory_as_the_store_is_named_as_such(tmp_path):
+    (tmp_path / "adir").mkdir()
+    for cmd in (CLI + ["status"], DAEMON + ["--status"], DAEMON + ["--max-iterations", "1"]):
+        proc = run(cmd + ["--db", "adir"], tmp_path)
+        assert proc.returncode == 1 and "is a directory" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and "not a valid SQLite database" not in proc.stderr
+
+
+def test_damaged_pages_with_an_intact_header_exit_1_with_the_path_and_a_hint(tmp_path, damaged_store):
+    db, before = damaged_store(tmp_path)
+    for cmd in (CLI + ["status"], CLI + ["status", "--json"], DAEMON + ["--status"],
+                DAEMON + ["--max-iterations", "1", "--no-train"]):
+        proc = run(cmd + ["--db", str(db)], tmp_path)
+        assert proc.returncode == 1, (cmd, proc.stderr)
+        assert "Traceback" not in proc.stderr and str(db) in proc.stderr and ".recover" in proc.stderr, proc.stderr
+    assert db.read_bytes() == before

@@ -346,3 +346,21 @@ def test_huge_responses_do_not_pile_up_in_memory(db: Path, clock: ManualClock) -
     assert all(r["truncated"] and len(r["response"]) == 10_000 for r in recs)
     assert {r["response_chars"] for r in recs} == {5_000_000, 10_000_000}
     lg.close()
+
+
+def test_sync_write_failure_names_the_store_without_its_password(store_url: str, clock: ManualClock) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    if store_url.startswith("sqlite"):
+        pytest.skip("a SQLite URL has no password; run with AFS_TEST_DATABASE_URL=postgresql+psycopg://...")
+    url = make_url(store_url).set(password="s3cr3tpw").render_as_string(hide_password=False)
+    store = Store(url)
+    lg = UsageLogger(store, clock=clock, durability="sync")
+    with store.write() as conn:
+        conn.execute(text("DROP TABLE usage_records"))
+    with pytest.raises(StoreError, match=r"could not write to the store postgresql\+psycopg://postgres:\*\*\*@") as info:
+        lg.log("q", "r", "m")
+    assert "s3cr3tpw" not in str(info.value)
+    lg.close()
+    store.dispose()

@@ -373,3 +373,86 @@ def test_quick_start_integration_flow(tmp_path, clock, make_loop, trainer) -> No
     assert result["retrain_triggered"]
     assert f"Retrained! Status: {result['retrain']['status']}" == "Retrained! Status: deployed"
     assert result["retrain"]["counts"]["new_samples"] == 10
+
+
+# ------------------------------------------------------------------ closing, file permissions
+def test_close_releases_every_postgresql_connection(tmp_path, clock) -> None:
+    """After close() the database can be dropped (no connection of ours is left open)."""
+    import os
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from afs_continuous import LoopConfig
+
+    base = os.environ.get("AFS_TEST_DATABASE_URL", "")
+    if not base.startswith("postgresql"):
+        pytest.skip("needs AFS_TEST_DATABASE_URL=postgresql+psycopg://...")
+    name = f"afs_close_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - no server or no right to create databases
+        admin.dispose()
+        pytest.skip(f"cannot create a database on AFS_TEST_DATABASE_URL: {type(exc).__name__}")
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    try:
+        loop = ContinuousLearningLoop(LoopConfig(database_url=url, data_dir=str(tmp_path / "data")), clock=clock)
+        log_good(loop, 3)
+        assert loop.get_status_summary()["usage_stats"]["total"] == 3
+        loop.close()
+        with admin.connect() as conn:
+            open_conns = conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d"),
+                                      {"d": name}).scalar()
+            assert open_conns == 0
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+def test_close_releases_the_sqlite_file(tmp_path, clock, make_loop) -> None:
+    loop = make_loop(tmp_path, clock)
+    if not loop.store.is_sqlite:
+        pytest.skip("SQLite only")
+    log_good(loop, 3)
+    loop.close()
+    assert not (tmp_path / "usage.db-wal").exists()  # the last connection closed checkpoints and removes the WAL
+
+
+def test_store_and_data_files_are_private_under_umask_022(tmp_path, clock) -> None:
+    """Store file, -wal, -shm: 0600; folders we create: 0700 (traffic is user data)."""
+    import os
+    import stat
+
+    from afs_continuous import LoopConfig
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    home.chmod(0o755)
+    old = os.umask(0o022)
+    try:
+        cfg = LoopConfig(db_path=str(home / "state" / "usage.db"), data_dir=str(home / "data" / "continuous"),
+                         trigger_config=COUNT_5, generator_config={"min_samples": 5})
+        loop = ContinuousLearningLoop(cfg, clock=clock)
+        try:
+            log_good(loop, 10)
+            assert loop.run_iteration(manual=True, no_train=True)["retrain"]["status"] == "data_ready"
+            modes = {p.relative_to(home).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in home.rglob("*")}
+        finally:
+            loop.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o755  # a folder the user already had is left alone
+    for name in ("state/usage.db", "state/usage.db-wal", "state/usage.db-shm"):
+        assert modes[name] == 0o600, (name, oct(modes[name]))
+    folders = [n for n in modes if (home / n).is_dir()]
+    assert {"state", "data", "data/continuous", "data/continuous/runs"} <= set(folders)
+    for name in folders:
+        assert modes[name] == 0o700, (name, oct(modes[name]))
+    files = [n for n in modes if (home / n).is_file()]
+    assert any(n.endswith(".jsonl") for n in files)
+    for name in files:
+        assert modes[name] & 0o077 == 0, (name, oct(modes[name]))

@@ -11,7 +11,7 @@ from alembic.migration import MigrationContext
 from alembic.autogenerate import compare_metadata
 from sqlalchemy import MetaData, text
 
-from afs_continuous import ContinuousLearningLoop, LoopConfig, ManualClock, SchemaVersionError, Store
+from afs_continuous import ContinuousLearningLoop, LoopConfig, ManualClock, SchemaVersionError, Store, StoreError
 from afs_continuous.store import _TABLES, schema_head
 
 
@@ -124,3 +124,107 @@ def test_a_non_sqlite_file_is_refused_and_left_untouched(tmp_path):
     with pytest.raises(Exception, match="not a valid SQLite database"):
         Store(str(path))
     assert path.read_bytes() == before
+
+
+# ------------------------------------------------------------------ opening: each cause its own message
+PASSWORD = "s3cr3tpw"
+
+
+def with_password(url: str, host: str | None = None, port: int | None = None, database: str | None = None) -> str:
+    """``url`` with the password PASSWORD (trust auth ignores it) and optionally another host/port/database."""
+    from sqlalchemy.engine import make_url
+
+    parts: dict[str, object] = {"password": PASSWORD}
+    for key, value in (("host", host), ("port", port), ("database", database)):
+        if value is not None:
+            parts[key] = value
+    return make_url(url).set(**parts).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def pg_url(store_url) -> str:
+    """The test's PostgreSQL URL with a password added (trust auth ignores it); skips on SQLite."""
+    if store_url.startswith("sqlite"):
+        pytest.skip("needs AFS_TEST_DATABASE_URL=postgresql+psycopg://...")
+    return with_password(store_url)
+
+
+def test_the_password_is_hidden_in_repr_and_display_url(store_url) -> None:
+    if store_url.startswith("sqlite"):
+        url = "postgresql+psycopg://postgres:s3cr3tpw@127.0.0.1:1/test"  # never connected
+        from afs_continuous.store import display_url
+        assert display_url(url) == "postgresql+psycopg://postgres:***@127.0.0.1:1/test"
+        assert PASSWORD not in display_url(url + "?password=s3cr3tpw&sslmode=disable")
+        return
+    store = Store(with_password(store_url))
+    try:
+        assert PASSWORD not in repr(store) and PASSWORD not in store.display_url and "***" in store.display_url
+    finally:
+        store.dispose()
+
+
+def test_unreachable_server_names_host_and_port_and_hides_the_password() -> None:
+    url = "postgresql+psycopg://postgres:s3cr3tpw@127.0.0.1:1/test"
+    with pytest.raises(StoreError, match=r"cannot connect to the database server at 127\.0\.0\.1:1.*is the server running") as info:
+        Store(url)
+    assert PASSWORD not in str(info.value) and "SQLite" not in str(info.value)
+
+
+def test_missing_database_is_named_and_the_password_hidden(pg_url) -> None:
+    url = with_password(pg_url, database="afs_no_such_database")
+    with pytest.raises(StoreError, match=r"database 'afs_no_such_database' does not exist") as info:
+        Store(url)
+    assert PASSWORD not in str(info.value) and "SQLite" not in str(info.value)
+
+
+def test_a_directory_as_the_store_says_it_is_a_directory(tmp_path) -> None:
+    with pytest.raises(StoreError, match=r"is a directory") as info:
+        Store(str(tmp_path))
+    assert "not a valid SQLite database" not in str(info.value)
+
+
+def _without_file_access(cmd: list[str]) -> list[str]:
+    """``cmd`` run without the permission bypass root has (so mode 000 files are unreadable)."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return cmd
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: file permissions are not enforced")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"] + cmd
+
+
+def test_permission_denied_says_so(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "usage.db"
+    Store(str(path)).dispose()
+    path.chmod(0)
+    code = ("import sys\nfrom afs_continuous import Store, StoreError\n"
+            "try:\n    Store(sys.argv[1])\nexcept StoreError as exc:\n    print(exc)\n")
+    try:
+        proc = subprocess.run(_without_file_access([sys.executable, "-c", code, str(path)]),
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        path.chmod(0o600)
+    assert "permission denied" in proc.stdout and str(path) in proc.stdout, proc.stdout + proc.stderr
+    assert "not a valid SQLite database" not in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_damaged_pages_with_an_intact_header_are_a_store_error_with_the_path_and_a_hint(tmp_path, damaged_store) -> None:
+    db, before = damaged_store(tmp_path)
+    config = LoopConfig(db_path=str(db), data_dir=str(tmp_path / "data"))
+    with pytest.raises(StoreError, match=r"damaged.*\.recover") as info:  # at open (verify) ...
+        Store(str(db), verify=True)
+    assert str(db) in str(info.value)
+    with pytest.raises(StoreError, match=r"damaged.*\.recover") as info:  # ... or at the first read that hits them
+        loop = ContinuousLearningLoop(config, clock=ManualClock())
+        try:
+            loop.get_status_summary()
+        finally:
+            loop.close()
+    assert str(db) in str(info.value)
+    assert db.read_bytes() == before
