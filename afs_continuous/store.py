@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -41,6 +40,7 @@ from sqlalchemy.exc import DatabaseError
 from sqlmodel import Field, SQLModel, create_engine
 
 from ._io import make_private_dirs
+from ._store_errors import corruption_message, directory_message, display_url, is_corruption, open_error_message
 from .errors import SchemaVersionError, StoreError
 
 __all__ = [
@@ -226,37 +226,6 @@ def _is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-_HIDDEN = "afs-hidden-password-2f1c"
-
-
-def display_url(url: str) -> str:
-    """``url`` with its password hidden (``***``), also in query parameters such as ``?password=``.
-
-    What afs_continuous shows wherever a store URL is printed or logged. A bare
-    path (no ``://``) is returned unchanged.
-
-    Example:
-        >>> display_url("postgresql+psycopg://app:s3cr3t@db:5432/afs")
-        'postgresql+psycopg://app:***@db:5432/afs'
-    """
-    if "://" not in url:
-        return url
-    try:
-        parsed = make_url(url)
-    except Exception:  # noqa: BLE001 - unparseable: show only the scheme
-        return url.split("://", 1)[0] + "://(unparseable URL hidden)"
-    secret_keys = {k: _HIDDEN for k in parsed.query if "password" in k.lower() or k.lower() == "passwd"}
-    if secret_keys:
-        parsed = parsed.update_query_dict(secret_keys)
-    return parsed.render_as_string(hide_password=True).replace(_HIDDEN, "***")
-
-
-def _is_corruption(exc: BaseException) -> bool:
-    """SQLite's SQLITE_CORRUPT (damaged pages) or SQLITE_NOTADB (not a SQLite file), extended codes included."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(exc, sqlite3.DatabaseError) and code is not None and code & 0xFF in (11, 26)
-
-
 def _install_sqlite_pragmas(engine: Engine, store: "Store") -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
@@ -280,8 +249,8 @@ def _install_sqlite_pragmas(engine: Engine, store: "Store") -> None:
     def _on_error(ctx: Any) -> BaseException | None:
         # A damaged or foreign file is not transient: say so with the path and the way out,
         # wherever the statement ran (the daemon, an operator command, the logger's writer).
-        if _is_corruption(ctx.original_exception):
-            return StoreError(store._corruption_message(ctx.original_exception))
+        if is_corruption(ctx.original_exception):
+            return StoreError(corruption_message(store._where, ctx.original_exception))
         return None
 
 
@@ -350,7 +319,7 @@ class Store:
             raise
         except (DatabaseError, sqlite3.DatabaseError) as exc:
             self.engine.dispose()
-            raise StoreError(self._open_error_message(exc)) from exc
+            raise StoreError(open_error_message(self._url, self.path, exc)) from exc
 
     @property
     def display_url(self) -> str:
@@ -377,67 +346,18 @@ class Store:
         assert self.path is not None
         path = self.path
         if path.is_dir():
-            raise StoreError(f"the store path {path} is a directory, not a SQLite file; point db_path (or --db) "
-                             f"at a file, e.g. {path / 'usage.db'}")
+            raise StoreError(directory_message(path))
         try:
             make_private_dirs(path.parent)
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        except FileExistsError:
-            pass  # the store exists (or another process created it a moment ago)
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except FileExistsError:
+                pass  # the store exists (or another process created it a moment ago)
         except PermissionError as exc:
             raise StoreError(f"permission denied creating the store at {path}: {exc.strerror} on {exc.filename}; "
                              "run as the user who owns that folder, or point db_path elsewhere") from exc
         except OSError as exc:
             raise StoreError(f"cannot create the store at {path}: {exc}; point db_path elsewhere") from exc
-
-    def _scrub(self, text_: str) -> str:
-        """``text_`` on one line, with the URL's password (if any) replaced by ``***``."""
-        text_ = " ".join(str(text_).split())
-        password = make_url(self._url).password if not self.is_sqlite else None
-        if password and len(str(password)) >= 3:
-            text_ = text_.replace(str(password), "***")
-        return text_
-
-    def _corruption_message(self, exc: BaseException) -> str:
-        detail = self._scrub(str(exc))
-        code = getattr(exc, "sqlite_errorcode", 0) or 0
-        if code & 0xFF == 26:  # SQLITE_NOTADB
-            return (f"cannot open the store at {self._where}: {detail}. The file is not a valid SQLite database; "
-                    "it was left untouched. Move it aside (or restore a backup) and start again, or point db_path "
-                    "elsewhere.")
-        return (f"the store at {self._where} is damaged ({detail}); it was left untouched. Stop every process "
-                f"using it, then recover what is readable with `sqlite3 {self._where} .recover | sqlite3 "
-                f"{self._where}.recovered` and point db_path at the result (or move it into place), "
-                "or restore a backup.")
-
-    def _open_error_message(self, exc: BaseException) -> str:
-        """What went wrong opening the store, one cause per message (the password hidden)."""
-        orig = getattr(exc, "orig", None) or exc
-        detail = self._scrub(str(orig))
-        if _is_corruption(orig):
-            return self._corruption_message(orig)
-        if self.is_sqlite:
-            path = self.path
-            if path is not None:
-                if path.is_dir():
-                    return (f"the store path {path} is a directory, not a SQLite file; point db_path (or --db) "
-                            f"at a file, e.g. {path / 'usage.db'}")
-                denied = _denied(path)
-                if denied:
-                    return (f"permission denied opening the store at {path}: {denied}; run as the user who owns "
-                            "it, or fix its permissions")
-            return f"cannot open the store at {self._where}: {detail}"
-        url = make_url(self._url)
-        where = f"{url.host or 'localhost'}:{url.port}" if url.port else (url.host or "localhost")
-        missing = re.search(r'database "([^"]+)" does not exist', detail)
-        if missing:
-            return (f"the database '{missing.group(1)}' does not exist on the server at {where} "
-                    f"({self.display_url}); create it (e.g. `createdb {missing.group(1)}`) or fix database_url")
-        if "authentication failed" in detail or "no password supplied" in detail:
-            return (f"the database server at {where} refused the login of user '{url.username}': {detail}; "
-                    "check the user and password of database_url")
-        return (f"cannot connect to the database server at {where} ({self.display_url}): {detail}; "
-                "is the server running there and accepting connections? Check the host and port of database_url.")
 
     def _alembic_config(self, conn: Connection | None = None) -> Any:
         from alembic.config import Config
@@ -564,7 +484,7 @@ class Store:
         with self.engine.connect() as conn:
             rows = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA quick_check(5)")]
         if rows != ["ok"]:
-            raise StoreError(self._corruption_message(sqlite3.DatabaseError("; ".join(rows))))
+            raise StoreError(corruption_message(self._where, sqlite3.DatabaseError("; ".join(rows))))
 
     def dispose(self) -> None:
         """Close every pooled connection (call after ``fork`` in the child, or at shutdown).
@@ -576,18 +496,6 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.display_url!r})"
 
-
-def _denied(path: Path) -> str | None:
-    """Why this process may not read and write the store file and create its side files, or None."""
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        st = path.stat()
-        return f"no read/write access to the file (mode {st.st_mode & 0o777:o}, owner uid {st.st_uid})"
-    folder = path.parent
-    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-        st = folder.stat()
-        return (f"no write access to its folder {folder} (mode {st.st_mode & 0o777:o}, owner uid {st.st_uid}), "
-                "needed for the -wal and -shm files")
-    return None
 
 
 def _json_default(value: Any) -> Any:

@@ -182,6 +182,25 @@ def test_make_train_fn_trains_on_alpaca_and_prompt_completion_lines(
     assert Path(result["model_path"]).parent == tmp_path / "out"
 
 
+def test_adapter_folders_are_private_under_umask_022(tiny_model: Path, chat_data: Path, tmp_path: Path) -> None:
+    """Adapters are learned from user traffic: the folders the trainer creates are 0700."""
+    import os
+    import stat
+
+    from afs_continuous.training.lora import train_lora
+
+    old = os.umask(0o022)
+    try:
+        result = train_lora(chat_data, {"base_model": str(tiny_model), "output_dir": str(tmp_path / "out" / "adapters"),
+                                        "max_steps": 1, "validation_fraction": 0, "max_length": 32, "batch_size": 2,
+                                        "device": "cpu"})
+    finally:
+        os.umask(old)
+    run_dir = Path(result["model_path"])
+    for folder in (tmp_path / "out", tmp_path / "out" / "adapters", run_dir):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
 def test_a_gpt2_without_chat_template_or_pad_token_trains(
     tiny_model: Path, chat_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
