@@ -70,6 +70,7 @@ def corruption_message(where: str, exc: BaseException) -> str:
 
 
 def directory_message(path: Path) -> str:
+    """The message for a store path that names a directory."""
     return (f"the store path {path} is a directory, not a SQLite file; point db_path (or --db) at a file, "
             f"e.g. {path / 'usage.db'}")
 
