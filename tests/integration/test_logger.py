@@ -364,3 +364,10 @@ def test_sync_write_failure_names_the_store_without_its_password(store_url: str,
     assert "s3cr3tpw" not in str(info.value)
     lg.close()
     store.dispose()
+
+
+def test_close_closes_the_connections_of_a_store_it_opened(db: Path, clock: ManualClock) -> None:
+    lg = UsageLogger(db, clock=clock)
+    lg.log("q", "r", "m")
+    assert lg.close()
+    assert not Path(f"{db}-wal").exists()  # SQLite removes the WAL when its last connection closes
