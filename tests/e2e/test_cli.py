@@ -179,6 +179,37 @@ def test_relative_paths_in_the_config_file_resolve_against_its_folder(workdir, t
     assert list(elsewhere.iterdir()) == []  # nothing was created in the current directory
 
 
+def test_status_shows_the_configuration_the_daemon_recorded(workdir):
+    _fill(workdir)
+    run(DAEMON + ["--config", "config.json", "--trigger", "--no-train"], workdir, check=True)
+    for command in (CLI + ["status"], DAEMON + ["--status"]):  # no --config: the daemon's, from the store
+        summary = json.loads(run(command + ["--db", "usage.db", "--json"], workdir, check=True).stdout)
+        assert summary["status"]["min_new_samples"] == 20  # config.json's, not the default 1000
+        assert summary["status"]["rehearsal_buffer"] == str(workdir / "data" / "rehearsal_buffer.jsonl")
+        assert summary["configuration"]["source"] == "daemon" and summary["configuration"]["recorded_at"]
+        text = run(command + ["--db", "usage.db"], workdir, check=True).stdout
+        assert "configuration    as recorded by the daemon at " in text and " / 20 since" in text
+    (workdir / "other.json").write_text(json.dumps({"db_path": "usage.db", "trigger_config": {"min_new_samples": 7}}))
+    summary = json.loads(run(CLI + ["status", "--config", "other.json", "--json"], workdir, check=True).stdout)
+    assert summary["status"]["min_new_samples"] == 7
+    assert summary["configuration"] == {"source": "file", "file": "other.json", "differs_from_daemon": True,
+                                        "daemon_recorded_at": summary["configuration"]["daemon_recorded_at"]}
+    text = run(CLI + ["status", "--config", "other.json"], workdir, check=True).stdout
+    assert "configuration    --config other.json (differs from the daemon's, recorded at " in text
+    text = run(CLI + ["status", "--config", "config.json"], workdir, check=True).stdout
+    assert "configuration    --config config.json\n" in text  # the daemon's own file: nothing to add
+
+
+def test_status_of_a_store_without_a_recorded_configuration_says_so(tmp_path):
+    from afs_continuous import UsageLogger
+
+    UsageLogger(tmp_path / "fresh.db").close()
+    summary = json.loads(run(CLI + ["status", "--db", "fresh.db", "--json"], tmp_path, check=True).stdout)
+    assert summary["configuration"] == {"source": "defaults"}
+    text = run(CLI + ["status", "--db", "fresh.db"], tmp_path, check=True).stdout
+    assert "configuration    defaults and environment (no daemon has recorded its configuration in this store)" in text
+
+
 def test_bad_train_fn_exits_2(workdir):
     proc = run(DAEMON + ["--config", "config.json", "--train-fn", "no_such_module:train", "--trigger"], workdir)
     assert proc.returncode == 2 and "no_such_module" in proc.stderr

@@ -353,3 +353,16 @@ def test_a_relative_sqlite_url_follows_the_same_rule(tmp_path: Path, monkeypatch
     for url in ("sqlite:////srv/usage.db", "sqlite:///~/usage.db", "sqlite://", "sqlite:///:memory:",
                 "postgresql+psycopg://afs:pw@db.example/afs"):
         assert LoopConfig(database_url=url).database_url == url
+
+
+def test_config_record_hides_the_password_and_expands_home(tmp_path: Path) -> None:
+    from afs_continuous.config import config_record
+
+    cfg = LoopConfig(database_url="postgresql+psycopg://afs:s3cret@db.example:5432/afs", data_dir="~/afs",
+                     generator_config={"existing_data_path": tmp_path / "buffer.jsonl"})
+    record = config_record(cfg)
+    assert record["database_url"] == "postgresql+psycopg://afs:***@db.example:5432/afs"
+    assert "s3cret" not in json.dumps(record)
+    assert record["data_dir"] == str(Path.home() / "afs") and record["db_path"].startswith(str(Path.home()))
+    assert record["generator_config"]["existing_data_path"] == str(tmp_path / "buffer.jsonl")
+    assert LoopConfig.model_validate(record).trigger_config == cfg.trigger_config
