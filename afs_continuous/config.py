@@ -418,13 +418,9 @@ class TrainingConfig(_Config):
     @field_validator("canary_min_metrics", "canary_max_metrics", "canary_max_regression")
     @classmethod
     def _check_thresholds(cls, value: dict[str, float], info: Any) -> dict[str, float]:
-        import math
-
-        for metric, limit in value.items():
+        for metric, limit in value.items():  # finite: allow_inf_nan=False
             if not metric:
                 raise ValueError("metric names must be non-empty")
-            if not math.isfinite(limit):
-                raise ValueError(f"{metric!r}: threshold must be a finite number, got {limit!r}")
             if info.field_name == "canary_max_regression" and limit < 0:
                 raise ValueError(f"{metric!r}: allowed regression must be >= 0 (an absolute amount), got {limit!r}")
         return value
