@@ -10,7 +10,15 @@ environment variables > the JSON file > defaults. Environment variables name a
 key path with ``__`` between levels, for example
 ``AFS_CONTINUOUS_TRIGGER_CONFIG__MIN_NEW_SAMPLES=500`` or
 ``AFS_CONTINUOUS_DB_PATH=/var/lib/afs/usage.db``; values are parsed as JSON
-when they can be (``500``, ``true``, ``null``) and taken as strings otherwise.
+when they can be (``500``, ``true``, ``null``) and taken as strings otherwise
+(and always for text keys).
+
+Types are strict: numbers must be numbers (an int is accepted for a float key;
+``true`` and ``"1"`` are not), ``Infinity``/``NaN`` are rejected, booleans
+must be booleans. Path keys (:data:`PATH_KEYS`) accept ``os.PathLike`` and are
+stored as ``str``; a relative path in a config file is relative to the file's
+folder, one given in Python or the environment to the current directory when
+validated (see :mod:`afs_continuous._config_paths`).
 
 Example:
     >>> cfg = LoopConfig(trigger_config=TriggerConfig(min_new_samples=500))
@@ -45,6 +53,7 @@ from pydantic import (
     model_validator,
 )
 
+from ._config_paths import LORA_PATH_KEYS, PATH_KEYS, absolute_url, map_paths, path_text, resolve_file_paths
 from .errors import ConfigError
 
 __all__ = [
@@ -68,15 +77,6 @@ ENV_PREFIX = "AFS_CONTINUOUS_"
 DEFAULT_HOME = "~/.context/training/continuous"
 """Default data folder; the store defaults to ``<DEFAULT_HOME>/usage.db`` (the quick start's path)."""
 
-PATH_KEYS: tuple[tuple[str, ...], ...] = (
-    ("db_path",),
-    ("data_dir",),
-    ("champion_model_path",),
-    ("generator_config", "existing_data_path"),
-    ("training", "lora", "base_model"),
-    ("training", "lora", "output_dir"),
-)
-"""Key paths of every filesystem path in the configuration (``database_url`` is a URL, handled alike)."""
 _VALIDATING: contextvars.ContextVar[bool] = contextvars.ContextVar("afs_config_validating", default=False)
 
 
@@ -98,42 +98,7 @@ class Durability(str, Enum):
     """Commit each record in the caller's thread before returning."""
 
 
-def _absolute(value: str, base: str | None) -> str:
-    """``value`` joined with ``base`` (default: the current directory) and normalised, unless it is
-    empty, absolute or starts with ``~`` (those are kept as written; ``~`` is expanded when used)."""
-    if not value or value.startswith("~") or os.path.isabs(value):
-        return value
-    return os.path.normpath(os.path.join(base if base is not None else os.getcwd(), value))
-
-
-def _path_text(value: Any) -> Any:
-    """Validator of path settings: ``os.PathLike`` becomes ``str``, a relative path absolute (current directory)."""
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    return _absolute(value, None) if isinstance(value, str) else value
-
-
-def _absolute_url(url: Any, base: str | None) -> Any:
-    """A SQLite URL with a relative file path made absolute against ``base`` (default: current directory)."""
-    if not isinstance(url, str) or not url.startswith("sqlite") or "://" not in url:
-        return url
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return url  # the model validator reports it
-    database = parsed.database
-    if not database or database == ":memory:" or database.startswith("file:") or parsed.query.get("uri"):
-        return url
-    absolute = _absolute(database, base)
-    return url if absolute == database else parsed.set(database=absolute).render_as_string(hide_password=False)
-
-
-_LORA_PATH_KEYS = frozenset(keys[-1] for keys in PATH_KEYS if keys[:2] == ("training", "lora"))
-
-PathText = Annotated[str, BeforeValidator(_path_text)]
+PathText = Annotated[str, BeforeValidator(path_text)]
 """A filesystem path setting: ``str`` or ``os.PathLike``, stored as ``str``; relative means relative to the
 current directory at validation (relative paths in a config file are resolved against its folder first)."""
 
@@ -411,7 +376,7 @@ class TrainingConfig(_Config):
         if value is not None:
             from .training.lora import LoRATrainingConfig
 
-            value = {key: _path_text(item) if key in _LORA_PATH_KEYS else item for key, item in value.items()}
+            value = {key: path_text(item) if key in LORA_PATH_KEYS else item for key, item in value.items()}
             LoRATrainingConfig(**value)
         return value
 
@@ -445,7 +410,8 @@ class LoopConfig(_Config):
     """Configuration of :class:`~afs_continuous.loop.ContinuousLearningLoop`.
 
     Keys in ``config.json`` are exactly these field names (nested objects for
-    the sections). Paths may start with ``~``.
+    the sections). Paths may start with ``~`` (expanded when used); relative
+    paths become absolute (see the module docstring).
     """
 
     db_path: PathText = Field(f"{DEFAULT_HOME}/usage.db", description="SQLite store file (used when database_url is not set).")
@@ -469,7 +435,7 @@ class LoopConfig(_Config):
     @field_validator("database_url", mode="before")
     @classmethod
     def _absolute_sqlite_url(cls, value: Any) -> Any:
-        return _absolute_url(value, None)
+        return absolute_url(value, None)
 
     @model_validator(mode="after")
     def _check_paths(self) -> "LoopConfig":
@@ -520,20 +486,6 @@ def _is_text_key(path: list[str]) -> bool:
     return str in options and all(o in (str, type(None)) for o in options)
 
 
-def _resolve_file_paths(data: dict[str, Any], folder: str) -> dict[str, Any]:
-    """A copy of a config file's data with its relative paths (and SQLite URL) resolved against ``folder``."""
-    out = json.loads(json.dumps(data))  # a deep copy of plain JSON data
-    for keys in PATH_KEYS:
-        node: Any = out
-        for part in keys[:-1]:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and isinstance(node.get(keys[-1]), str):
-            node[keys[-1]] = _absolute(node[keys[-1]], folder)
-    if "database_url" in out:
-        out["database_url"] = _absolute_url(out["database_url"], folder)
-    return out
-
-
 def config_record(config: LoopConfig) -> dict[str, Any]:
     """The configuration as plain JSON data to record in the store, safe to show.
 
@@ -548,13 +500,7 @@ def config_record(config: LoopConfig) -> dict[str, Any]:
         dict: ``config.model_dump(mode="json")`` with those two changes; it
         validates back into an equal :class:`LoopConfig` except for them.
     """
-    data = config.model_dump(mode="json")
-    for keys in PATH_KEYS:
-        node: Any = data
-        for part in keys[:-1]:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and isinstance(node.get(keys[-1]), str):
-            node[keys[-1]] = os.path.expanduser(node[keys[-1]])
+    data = map_paths(config.model_dump(mode="json"), os.path.expanduser)
     if data.get("database_url"):
         from sqlalchemy.engine import make_url
 
@@ -627,7 +573,7 @@ def load_config(
             raise ConfigError(f"{file}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: the top level must be a JSON object, got {type(loaded).__name__}")
-        data = _resolve_file_paths(loaded, os.path.dirname(os.path.abspath(file)))
+        data = resolve_file_paths(loaded, os.path.dirname(os.path.abspath(file)))
     environment = os.environ if env is None else env
     data = _deep_merge(data, _env_overrides(environment))
     if overrides:
