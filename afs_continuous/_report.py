@@ -56,6 +56,7 @@ def format_status(summary: Mapping[str, Any]) -> str:
     lines = [
         "afs_continuous status",
         f"  store            {summary['store']}",
+        *_configuration_line(summary.get("configuration")),
         f"  now              {s['now']}",
         "",
         "Usage",
@@ -105,6 +106,22 @@ def format_status(summary: Mapping[str, Any]) -> str:
             lines.append(f"  #{r['id']:<4} {r['started_at'][:16]}  {r['trigger']:<13} {r['status']:<11}{extra}"
                          + (f"  ({why[:90]})" if why else ""))
     return "\n".join(lines)
+
+
+def _configuration_line(info: Mapping[str, Any] | None) -> list[str]:
+    """Which configuration the status was computed with (set by the CLI; absent from Python summaries)."""
+    if not info:
+        return []
+    if info["source"] == "daemon":
+        text = f"as recorded by the daemon at {info.get('recorded_at')}"
+    elif info["source"] == "file":
+        text = f"--config {info['file']}"
+        if info.get("differs_from_daemon"):
+            text += f" (differs from the daemon's, recorded at {info.get('daemon_recorded_at')})"
+    else:
+        text = "defaults and environment (" + (info.get("note") or
+                                               "no daemon has recorded its configuration in this store") + ")"
+    return [f"  configuration    {text}"]
 
 
 def _first_reason(run: Mapping[str, Any]) -> str:

@@ -20,7 +20,7 @@ import click
 
 from ._imports import import_callable
 from ._report import format_iteration, format_run_report, format_runs, format_status, format_versions
-from .config import ENV_PREFIX, LoopConfig, load_config
+from .config import ENV_PREFIX, LoopConfig, config_record, load_config
 from .errors import AfsContinuousError, ConfigError, NotFoundError, SchemaVersionError
 from .lease import LeaseHeld
 
@@ -103,6 +103,44 @@ def _open_loop(config: LoopConfig, *, must_exist: bool = True) -> Any:
         raise click.ClickException(str(exc)) from None
 
 
+def _status_summary(loop: Any, config_path: str | None) -> dict[str, Any]:
+    """``loop.get_status_summary()`` under the configuration it should show, named in ``"configuration"``.
+
+    Without ``--config`` the configuration the daemon recorded in the store
+    (loop_state ``daemon_config``, written by ``run_iteration``) is shown, so
+    thresholds and folders are the daemon's, not this shell's defaults; the
+    store stays the one opened. With ``--config`` that file's is shown, and
+    whether it differs from the daemon's. With neither: defaults and environment.
+    """
+    recorded = loop.store.get_state("daemon_config")
+    view, info = loop, {"source": "defaults"}
+    if config_path is not None:
+        info = {"source": "file", "file": config_path}
+        if recorded is not None:
+            mine, theirs = config_record(loop.config), dict(recorded.get("config") or {})
+            for key in ("db_path", "database_url"):  # the store may be named differently (--db); not a difference
+                mine.pop(key, None)
+                theirs.pop(key, None)
+            info.update(differs_from_daemon=mine != theirs, daemon_recorded_at=recorded.get("recorded_at"))
+    elif recorded is not None:
+        data = {**(recorded.get("config") or {}), "db_path": loop.config.db_path,
+                "database_url": loop.config.database_url}
+        try:
+            effective = LoopConfig.model_validate(data)
+        except ConfigError as exc:  # e.g. recorded by another version of afs_continuous
+            info["note"] = f"the configuration recorded by the daemon is not usable here: {exc}"
+        else:
+            info = {"source": "daemon", "recorded_at": recorded.get("recorded_at")}
+            view = _open_loop(effective, must_exist=False)
+    try:
+        summary: dict[str, Any] = view.get_status_summary()
+    finally:
+        if view is not loop:
+            view.close()
+    summary["configuration"] = info
+    return summary
+
+
 def _emit(data: Any, as_json: bool, text: str) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
@@ -164,7 +202,7 @@ def daemon_command(config_path: str | None, db: str | None, show_status: bool, t
     loop = _open_loop(config, must_exist=show_status)
     try:
         if show_status:
-            summary = loop.get_status_summary()
+            summary = _status_summary(loop, config_path)
             _emit(summary, as_json, format_status(summary))
             return
         pinned = baseline_version if baseline_version is not None else config.training.baseline_version
@@ -233,7 +271,7 @@ def status(config_path: str | None, db: str | None, as_json: bool) -> None:
     """Print the status summary (usage, models, triggers, experiment, runs)."""
     loop = _open_loop(_load(config_path, db))
     try:
-        summary = loop.get_status_summary()
+        summary = _status_summary(loop, config_path)
         _emit(summary, as_json, format_status(summary))
     finally:
         loop.close()

@@ -10,7 +10,15 @@ environment variables > the JSON file > defaults. Environment variables name a
 key path with ``__`` between levels, for example
 ``AFS_CONTINUOUS_TRIGGER_CONFIG__MIN_NEW_SAMPLES=500`` or
 ``AFS_CONTINUOUS_DB_PATH=/var/lib/afs/usage.db``; values are parsed as JSON
-when they can be (``500``, ``true``, ``null``) and taken as strings otherwise.
+when they can be (``500``, ``true``, ``null``) and taken as strings otherwise
+(and always for text keys).
+
+Types are strict: numbers must be numbers (an int is accepted for a float key;
+``true`` and ``"1"`` are not), ``Infinity``/``NaN`` are rejected, booleans
+must be booleans. Path keys (:data:`PATH_KEYS`) accept ``os.PathLike`` and are
+stored as ``str``; a relative path in a config file is relative to the file's
+folder, one given in Python or the environment to the current directory when
+validated (see :mod:`afs_continuous._config_paths`).
 
 Example:
     >>> cfg = LoopConfig(trigger_config=TriggerConfig(min_new_samples=500))
@@ -30,10 +38,22 @@ import json
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from ._config_paths import LORA_PATH_KEYS, PATH_KEYS, absolute_url, map_paths, path_text, resolve_file_paths
 from .errors import ConfigError
 
 __all__ = [
@@ -48,10 +68,15 @@ __all__ = [
     "OutputFormat",
     "load_config",
     "ENV_PREFIX",
+    "DEFAULT_HOME",
+    "PATH_KEYS",
+    "config_record",
 ]
 
 ENV_PREFIX = "AFS_CONTINUOUS_"
-DEFAULT_HOME = "~/.afs/continuous"
+DEFAULT_HOME = "~/.context/training/continuous"
+"""Default data folder; the store defaults to ``<DEFAULT_HOME>/usage.db`` (the quick start's path)."""
+
 _VALIDATING: contextvars.ContextVar[bool] = contextvars.ContextVar("afs_config_validating", default=False)
 
 
@@ -71,6 +96,11 @@ class Durability(str, Enum):
     """Hand the record to a background writer (microseconds in the caller); committed in batches."""
     SYNC = "sync"
     """Commit each record in the caller's thread before returning."""
+
+
+PathText = Annotated[str, BeforeValidator(path_text)]
+"""A filesystem path setting: ``str`` or ``os.PathLike``, stored as ``str``; relative means relative to the
+current directory at validation (relative paths in a config file are resolved against its folder first)."""
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
@@ -111,7 +141,7 @@ def _config_error(model: type[BaseModel], exc: ValidationError) -> ConfigError:
 class _Config(BaseModel):
     """Base of every configuration class: strict keys, validated assignment, ConfigError."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False, allow_inf_nan=False)
 
     def __init__(self, **data: Any) -> None:
         # pydantic calls a custom __init__ for nested models too; only the
@@ -148,23 +178,23 @@ class _Config(BaseModel):
 class TriggerConfig(_Config):
     """When the daemon retrains. Set a trigger's threshold to ``None`` to disable it."""
 
-    min_new_samples: int | None = Field(
+    min_new_samples: StrictInt | None = Field(
         1000, ge=1, description="Sample-count trigger: eligible training samples (same filters as the generator) since the last successful retrain."
     )
-    schedule_interval_hours: float | None = Field(
+    schedule_interval_hours: StrictFloat | None = Field(
         168.0, gt=0, description="Schedule trigger: hours since the last training run (or since the loop first started)."
     )
-    quality_drop_threshold: float | None = Field(
+    quality_drop_threshold: StrictFloat | None = Field(
         0.10, gt=0, lt=1, description="Quality-drop trigger: fractional drop of the recent mean quality below the baseline mean (0.10 = 10%)."
     )
-    quality_window_hours: float = Field(24.0, gt=0, description="Length of the recent window for the quality-drop trigger, hours.")
-    quality_baseline_hours: float = Field(
+    quality_window_hours: StrictFloat = Field(24.0, gt=0, description="Length of the recent window for the quality-drop trigger, hours.")
+    quality_baseline_hours: StrictFloat = Field(
         168.0, gt=0, description="Length of the baseline window that ends where the recent window starts, hours."
     )
-    min_quality_samples: int = Field(
+    min_quality_samples: StrictInt = Field(
         100, ge=1, description="Minimum scored records in each window before the quality-drop trigger may fire."
     )
-    cooldown_hours: float = Field(24.0, ge=0, description="Minimum hours between two training runs (survives restarts).")
+    cooldown_hours: StrictFloat = Field(24.0, ge=0, description="Minimum hours between two training runs (survives restarts).")
 
 
 class OutputFormat(str, Enum):
@@ -181,48 +211,48 @@ class OutputFormat(str, Enum):
 class DataGeneratorConfig(_Config):
     """How a training set is built from the logged traffic."""
 
-    min_quality_score: float | None = Field(0.7, ge=0, le=1, description="Keep records with quality_score >= this (None: no quality filter).")
-    min_user_feedback: int | None = Field(
+    min_quality_score: StrictFloat | None = Field(0.7, ge=0, le=1, description="Keep records with quality_score >= this (None: no quality filter).")
+    min_user_feedback: StrictInt | None = Field(
         1, ge=-1, le=1, description="Keep records whose latest feedback is >= this (1 = positive only; None: no feedback filter)."
     )
-    include_unrated: bool = Field(False, description="Also keep records that have no feedback at all (only when min_user_feedback is set).")
-    deduplicate: bool = Field(True, description="Drop exact duplicates after normalising whitespace and case.")
-    near_dedup_threshold: float | None = Field(
+    include_unrated: StrictBool = Field(False, description="Also keep records that have no feedback at all (only when min_user_feedback is set).")
+    deduplicate: StrictBool = Field(True, description="Drop exact duplicates after normalising whitespace and case.")
+    near_dedup_threshold: StrictFloat | None = Field(
         0.9, gt=0, le=1, description="Drop a new sample whose estimated Jaccard similarity (MinHash over word n-gram shingles "
         "of the normalised query and response) with an earlier kept sample, a rehearsal-buffer sample or a recently "
         "trained sample is >= this (None: exact dedup only)."
     )
-    near_dedup_num_perm: int = Field(
+    near_dedup_num_perm: StrictInt = Field(
         64, ge=16, le=1024, description="MinHash permutations per signature: more is more precise and slower (index memory ~2 bytes each per sample)."
     )
-    near_dedup_ngram: int = Field(5, ge=1, le=64, description="Words per shingle for near-duplicate detection.")
-    near_dedup_history_size: int = Field(
+    near_dedup_ngram: StrictInt = Field(5, ge=1, le=64, description="Words per shingle for near-duplicate detection.")
+    near_dedup_history_size: StrictInt = Field(
         100_000, ge=0, description="Newest trained samples (latest runs first) that new samples are checked against for near "
         "duplicates; older history is covered by the exact-content exclusion only (0: none)."
     )
-    include_existing_data: bool = Field(True, description="Mix in samples from the rehearsal buffer against forgetting.")
-    existing_data_path: str | None = Field(
+    include_existing_data: StrictBool = Field(True, description="Mix in samples from the rehearsal buffer against forgetting.")
+    existing_data_path: PathText | None = Field(
         None, description="Rehearsal buffer, JSONL (chat, alpaca or completion format). Default: <data_dir>/rehearsal_buffer.jsonl."
     )
-    rehearsal_fraction: float = Field(
+    rehearsal_fraction: StrictFloat = Field(
         0.2, ge=0, lt=1, description="Target share of the final training set drawn from the rehearsal buffer (0.2 = 20%)."
     )
-    rehearsal_buffer_size: int = Field(10_000, ge=1, description="Maximum samples kept in the rehearsal buffer (reservoir-sampled).")
-    min_samples: int = Field(10, ge=1, description="A run with fewer new samples than this is skipped; train_fn is never called.")
-    max_samples: int | None = Field(None, ge=1, description="Cap on new samples per training set (highest quality first).")
+    rehearsal_buffer_size: StrictInt = Field(10_000, ge=1, description="Maximum samples kept in the rehearsal buffer (reservoir-sampled).")
+    min_samples: StrictInt = Field(10, ge=1, description="A run with fewer new samples than this is skipped; train_fn is never called.")
+    max_samples: StrictInt | None = Field(None, ge=1, description="Cap on new samples per training set (highest quality first).")
     output_format: OutputFormat = Field(
         OutputFormat.CHATML, description="Line format of the training JSONL: 'chatml' ({\"messages\": [...]}), "
         "'alpaca' ({\"instruction\", \"input\", \"output\"}) or 'completion' ({\"prompt\", \"completion\"})."
     )
-    validation_fraction: float = Field(
+    validation_fraction: StrictFloat = Field(
         0.0, ge=0, lt=1, description="Share of the final (shuffled) set written to <name>.val.jsonl beside the training file (0: no validation split)."
     )
-    export_parquet: bool = Field(
+    export_parquet: StrictBool = Field(
         False, description="Also write <name>.parquet (and <name>.val.parquet) beside the JSONL; needs pyarrow (the train extra)."
     )
     system_prompt: str | None = Field(None, description="Optional system message prepended to every exported conversation (chatml only).")
-    seed: int = Field(0, description="Seed for rehearsal sampling, the shuffle and the validation split (reproducible training sets).")
-    late_arrival_hours: float = Field(
+    seed: StrictInt = Field(0, description="Seed for rehearsal sampling, the shuffle and the validation split (reproducible training sets).")
+    late_arrival_hours: StrictFloat = Field(
         24.0, ge=0, description="Each run reconsiders records created up to this many hours before the previous run, "
         "so records committed late or feedback given late still count; content already trained on is excluded by hash."
     )
@@ -255,27 +285,27 @@ class ABTestConfig(_Config):
     arm has ``min_samples_per_arm`` units, and there is no sample-ratio mismatch.
     """
 
-    initial_challenger_traffic: float = Field(0.1, gt=0, lt=1, description="Traffic fraction routed to the challenger (0.1 = 10%).")
-    promotion_threshold: float = Field(0.05, ge=0, description="Minimum relative lift on the primary metric to promote (0.05 = +5%).")
-    min_duration_hours: float = Field(48.0, ge=0, description="Minimum experiment duration before promotion, hours.")
-    max_duration_hours: float | None = Field(
+    initial_challenger_traffic: StrictFloat = Field(0.1, gt=0, lt=1, description="Traffic fraction routed to the challenger (0.1 = 10%).")
+    promotion_threshold: StrictFloat = Field(0.05, ge=0, description="Minimum relative lift on the primary metric to promote (0.05 = +5%).")
+    min_duration_hours: StrictFloat = Field(48.0, ge=0, description="Minimum experiment duration before promotion, hours.")
+    max_duration_hours: StrictFloat | None = Field(
         336.0, gt=0, description="An experiment still undecided after this many hours is stopped; the champion stays."
     )
-    min_samples_per_arm: int = Field(200, ge=2, description="Minimum units (users; records without a unit id count one each) with the primary metric in each arm before any decision.")
-    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the promotion test (two-sided).")
+    min_samples_per_arm: StrictInt = Field(200, ge=2, description="Minimum units (users; records without a unit id count one each) with the primary metric in each arm before any decision.")
+    alpha: StrictFloat = Field(0.05, gt=0, lt=1, description="Significance level of the promotion test (two-sided).")
     primary_metric: PrimaryMetric = Field(PrimaryMetric.QUALITY_SCORE, description="Metric the promotion is decided on.")
-    sequential: bool = Field(True, description="Use the always-valid sequential test (safe under hourly looks).")
-    sequential_n_star: int = Field(5000, ge=1, description="Tuning constant N* of the confidence sequence: total samples at which a decision is expected.")
-    strict: bool = Field(False, description="Require the lower confidence bound of the lift itself to clear promotion_threshold.")
-    stop_on_regression: bool = Field(True, description="Retire a challenger that is significantly worse without waiting for min_duration_hours.")
-    srm_threshold: float = Field(0.001, gt=0, lt=1, description="p-value below which the arm split is flagged as a sample-ratio mismatch.")
-    guardrail_latency_margin: float | None = Field(
+    sequential: StrictBool = Field(True, description="Use the always-valid sequential test (safe under hourly looks).")
+    sequential_n_star: StrictInt = Field(5000, ge=1, description="Tuning constant N* of the confidence sequence: total samples at which a decision is expected.")
+    strict: StrictBool = Field(False, description="Require the lower confidence bound of the lift itself to clear promotion_threshold.")
+    stop_on_regression: StrictBool = Field(True, description="Retire a challenger that is significantly worse without waiting for min_duration_hours.")
+    srm_threshold: StrictFloat = Field(0.001, gt=0, lt=1, description="p-value below which the arm split is flagged as a sample-ratio mismatch.")
+    guardrail_latency_margin: StrictFloat | None = Field(
         0.10, gt=0, description="Guardrail: stop the challenger when its mean latency_ms is significantly more than this fraction above the champion's (0.10 = +10%; None disables)."
     )
-    guardrail_negative_feedback_margin: float | None = Field(
+    guardrail_negative_feedback_margin: StrictFloat | None = Field(
         0.10, gt=0, description="Guardrail: stop the challenger when its negative-feedback rate is significantly more than this fraction above the champion's (relative; None disables)."
     )
-    rollback_watch_hours: float | None = Field(
+    rollback_watch_hours: StrictFloat | None = Field(
         72.0, gt=0, description="After a promotion, compare the new champion with the previous champion's level for this long; a significant drop rolls back (None disables)."
     )
 
@@ -284,16 +314,16 @@ class LoggerConfig(_Config):
     """How usage records and feedback reach the store."""
 
     durability: Durability = Field(Durability.ASYNC, description="'async' (background batched writer) or 'sync' (commit per call).")
-    flush_interval_s: float = Field(
+    flush_interval_s: StrictFloat = Field(
         0.5, gt=0, description="Longest a record waits in memory before its batch is committed, seconds (the loss bound on a hard kill)."
     )
-    batch_size: int = Field(500, ge=1, description="Maximum records per write transaction.")
-    queue_size: int = Field(100_000, ge=1, description="Bound of the in-memory queue; when full the caller blocks up to enqueue_timeout_s.")
-    enqueue_timeout_s: float = Field(5.0, ge=0, description="How long log_usage blocks on a full queue before counting the record as dropped, seconds.")
-    flush_on_sigterm: bool = Field(
+    batch_size: StrictInt = Field(500, ge=1, description="Maximum records per write transaction.")
+    queue_size: StrictInt = Field(100_000, ge=1, description="Bound of the in-memory queue; when full the caller blocks up to enqueue_timeout_s.")
+    enqueue_timeout_s: StrictFloat = Field(5.0, ge=0, description="How long log_usage blocks on a full queue before counting the record as dropped, seconds.")
+    flush_on_sigterm: StrictBool = Field(
         True, description="Install a SIGTERM handler (main thread only) that flushes every logger, then runs the previous handler."
     )
-    max_text_chars: int = Field(
+    max_text_chars: StrictInt = Field(
         200_000, ge=1, description="Longer queries/responses are stored truncated (flagged, original length kept) and never used for training."
     )
 
@@ -313,19 +343,19 @@ class TrainingConfig(_Config):
     lora: dict[str, Any] | None = Field(
         None, description="Settings of the reference LoRA trainer (afs_continuous.training.lora.LoRATrainingConfig)."
     )
-    timeout_s: float | None = Field(None, gt=0, description="Seconds after which a hanging train_fn is reported as failed.")
+    timeout_s: StrictFloat | None = Field(None, gt=0, description="Seconds after which a hanging train_fn is reported as failed.")
     eval_fn: str | None = Field(
         None, description="Canary gate: import path 'module:function' of an eval_fn(model_path) -> {metric: float} run on a "
         "fixed golden set after training, before deployment (None: no canary evaluation)."
     )
-    eval_timeout_s: float | None = Field(None, gt=0, description="Seconds after which a hanging eval_fn is reported as failed.")
-    canary_min_metrics: dict[str, float] = Field(
+    eval_timeout_s: StrictFloat | None = Field(None, gt=0, description="Seconds after which a hanging eval_fn is reported as failed.")
+    canary_min_metrics: dict[str, StrictFloat] = Field(
         {}, description="Canary gate: floors, e.g. {\"accuracy\": 0.8}; a challenger below one is rejected."
     )
-    canary_max_metrics: dict[str, float] = Field(
+    canary_max_metrics: dict[str, StrictFloat] = Field(
         {}, description="Canary gate: ceilings, e.g. {\"loss\": 2.0}; a challenger above one is rejected."
     )
-    canary_max_regression: dict[str, float] = Field(
+    canary_max_regression: dict[str, StrictFloat] = Field(
         {}, description="Canary gate: largest allowed worsening against the baseline's canary metrics, "
         "absolute in the metric's units, e.g. {\"accuracy\": 0.02} (0.85 -> 0.83 passes, 0.82 is rejected)."
     )
@@ -346,19 +376,16 @@ class TrainingConfig(_Config):
         if value is not None:
             from .training.lora import LoRATrainingConfig
 
+            value = {key: path_text(item) if key in LORA_PATH_KEYS else item for key, item in value.items()}
             LoRATrainingConfig(**value)
         return value
 
     @field_validator("canary_min_metrics", "canary_max_metrics", "canary_max_regression")
     @classmethod
     def _check_thresholds(cls, value: dict[str, float], info: Any) -> dict[str, float]:
-        import math
-
-        for metric, limit in value.items():
+        for metric, limit in value.items():  # finite: allow_inf_nan=False
             if not metric:
                 raise ValueError("metric names must be non-empty")
-            if not math.isfinite(limit):
-                raise ValueError(f"{metric!r}: threshold must be a finite number, got {limit!r}")
             if info.field_name == "canary_max_regression" and limit < 0:
                 raise ValueError(f"{metric!r}: allowed regression must be >= 0 (an absolute amount), got {limit!r}")
         return value
@@ -383,19 +410,20 @@ class LoopConfig(_Config):
     """Configuration of :class:`~afs_continuous.loop.ContinuousLearningLoop`.
 
     Keys in ``config.json`` are exactly these field names (nested objects for
-    the sections). Paths may start with ``~``.
+    the sections). Paths may start with ``~`` (expanded when used); relative
+    paths become absolute (see the module docstring).
     """
 
-    db_path: str = Field(f"{DEFAULT_HOME}/usage.db", description="SQLite store file (used when database_url is not set).")
+    db_path: PathText = Field(f"{DEFAULT_HOME}/usage.db", description="SQLite store file (used when database_url is not set).")
     database_url: str | None = Field(None, description="SQLAlchemy URL of the store; overrides db_path (e.g. sqlite:////var/lib/afs/usage.db).")
-    data_dir: str = Field(DEFAULT_HOME, description="Directory for training sets and the default rehearsal buffer.")
-    check_interval_seconds: float = Field(3600.0, gt=0, description="Seconds between two daemon iterations.")
-    enable_ab_testing: bool = Field(True, description="False: a newly trained model becomes champion at once, without an experiment.")
+    data_dir: PathText = Field(DEFAULT_HOME, description="Directory for training sets and the default rehearsal buffer.")
+    check_interval_seconds: StrictFloat = Field(3600.0, gt=0, description="Seconds between two daemon iterations.")
+    enable_ab_testing: StrictBool = Field(True, description="False: a newly trained model becomes champion at once, without an experiment.")
     champion_model: str = Field("base", min_length=1, description="Name of the initial champion registered in an empty store.")
-    champion_model_path: str | None = Field(None, description="Path of the initial champion's weights, recorded in the registry.")
-    keep_training_data: bool = Field(False, description="Keep each run's training JSONL after a successful run (deleted by default).")
-    route_cache_s: float = Field(5.0, ge=0, description="How long route() caches the active experiment, seconds.")
-    lease_ttl_s: float = Field(
+    champion_model_path: PathText | None = Field(None, description="Path of the initial champion's weights, recorded in the registry.")
+    keep_training_data: StrictBool = Field(False, description="Keep each run's training JSONL after a successful run (deleted by default).")
+    route_cache_s: StrictFloat = Field(5.0, ge=0, description="How long route() caches the active experiment, seconds.")
+    lease_ttl_s: StrictFloat = Field(
         300.0, gt=0, description="The daemon's lease on the store lasts this long without renewal, seconds; a crashed daemon blocks others at most this long."
     )
     trigger_config: TriggerConfig = Field(default_factory=TriggerConfig)
@@ -403,6 +431,11 @@ class LoopConfig(_Config):
     ab_test_config: ABTestConfig = Field(default_factory=ABTestConfig)
     logger_config: LoggerConfig = Field(default_factory=LoggerConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _absolute_sqlite_url(cls, value: Any) -> Any:
+        return absolute_url(value, None)
 
     @model_validator(mode="after")
     def _check_paths(self) -> "LoopConfig":
@@ -437,6 +470,44 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+def _is_text_key(path: list[str]) -> bool:
+    """True when ``path`` names a string setting of :class:`LoopConfig` (str, a path, or either or None)."""
+    model: Any = LoopConfig
+    for part in path[:-1]:
+        field = model.model_fields.get(part)
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return False
+    field = model.model_fields.get(path[-1])
+    if field is None:
+        return False
+    options = get_args(field.annotation) if get_origin(field.annotation) is not None else (field.annotation,)
+    options = tuple(get_args(o)[0] if get_origin(o) is Annotated else o for o in options)
+    return str in options and all(o in (str, type(None)) for o in options)
+
+
+def config_record(config: LoopConfig) -> dict[str, Any]:
+    """The configuration as plain JSON data to record in the store, safe to show.
+
+    Paths have ``~`` expanded (another user reading the record gets the
+    daemon's paths, not their own), and the password of ``database_url`` is
+    replaced by ``***``.
+
+    Args:
+        config: The configuration in effect.
+
+    Returns:
+        dict: ``config.model_dump(mode="json")`` with those two changes; it
+        validates back into an equal :class:`LoopConfig` except for them.
+    """
+    data = map_paths(config.model_dump(mode="json"), os.path.expanduser)
+    if data.get("database_url"):
+        from sqlalchemy.engine import make_url
+
+        data["database_url"] = make_url(data["database_url"]).render_as_string(hide_password=True)
+    return data
+
+
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for name, raw in env.items():
@@ -449,6 +520,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             value: Any = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
+        if value is not None and not isinstance(value, str) and _is_text_key(path):
+            value = raw  # AFS_CONTINUOUS_CHAMPION_MODEL=2024 names a version "2024", not a number
         node = overrides
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -487,6 +560,11 @@ def load_config(
             text = file.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {file}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{file}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at position {exc.start}); "
+                "save the file as UTF-8"
+            ) from None
         except OSError as exc:
             raise ConfigError(f"cannot read config file {file}: {exc}") from None
         try:
@@ -495,7 +573,7 @@ def load_config(
             raise ConfigError(f"{file}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: the top level must be a JSON object, got {type(loaded).__name__}")
-        data = loaded
+        data = resolve_file_paths(loaded, os.path.dirname(os.path.abspath(file)))
     environment = os.environ if env is None else env
     data = _deep_merge(data, _env_overrides(environment))
     if overrides:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 from ._canary import EvalFn
 from ._pipeline import RetrainPipeline, TrainFn
 from .clock import Clock, utc_now
-from .config import LoopConfig
+from .config import LoopConfig, config_record
 from .experiment import Arm, Decision, Evaluation, ExperimentManager
 from ._queries import count_eligible
 from .generator import TrainingDataGenerator
@@ -52,7 +52,7 @@ class ContinuousLearningLoop:
 
     Args:
         config: Loop configuration (default: :class:`LoopConfig` defaults, store
-            at ``~/.afs/continuous/usage.db``).
+            at ``~/.context/training/continuous/usage.db``, the quick start's path).
         clock: Callable returning the current timezone-aware UTC datetime; used
             for every timestamp, trigger and experiment duration.
         train_fn: Default training function for :meth:`run_iteration` and
@@ -205,6 +205,7 @@ class ContinuousLearningLoop:
         held_before = self._lease_held
         self._take_lease()
         try:
+            self._record_config()
             return self._iteration(train_fn, manual=manual, no_train=no_train, dry_run=dry_run, eval_fn=eval_fn,
                                    pinned=pinned)
         finally:
@@ -226,6 +227,14 @@ class ContinuousLearningLoop:
             if interrupted:
                 log.warning("marked training runs %s as interrupted (their process is gone)", interrupted)
         self.lease.start_heartbeat()
+
+    def _record_config(self) -> None:
+        """Record the configuration in effect (loop_state ``daemon_config``, password hidden) when it changed,
+        so that ``afs-continuous status`` shows what the daemon runs with."""
+        record = config_record(self.config)
+        recorded = self.store.get_state("daemon_config")
+        if recorded is None or recorded.get("config") != record:
+            self.store.set_state("daemon_config", {"recorded_at": self.clock().isoformat(), "config": record})
 
     def _release_lease(self) -> None:
         if self._lease_held:

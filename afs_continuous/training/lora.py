@@ -111,7 +111,8 @@ class LoRATrainingConfig(BaseModel):
         afs_continuous.errors.ConfigError: invalid LoRATrainingConfig: unknown key 'lerning_rate' (did you mean 'learning_rate'?)
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: a config file's "8" or true is not a rank (ints are still accepted for floats)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
     base_model: str = Field(
         min_length=1,
@@ -152,12 +153,17 @@ class LoRATrainingConfig(BaseModel):
     max_steps: int | None = Field(
         None, ge=1, description="Stop after this many optimizer steps; overrides epochs. None: no cap."
     )
-    device: Device = Field(Device.AUTO, description="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'mps'.")
+    device: Device = Field(Device.AUTO, strict=False, description="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'mps'.")
     train_on_prompt: bool = Field(
         False,
         description="Compute the loss on every token. False: only on assistant turns (when the chat "
         "template allows locating them; otherwise on every token).",
     )
+
+    @field_validator("base_model", "output_dir", mode="before")
+    @classmethod
+    def _path_text(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @field_validator("target_modules", mode="before")
     @classmethod

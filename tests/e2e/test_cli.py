@@ -132,6 +132,84 @@ def test_config_typo_exits_2_naming_the_key(workdir):
     assert "trigger_config.min_new_sampels" in proc.stderr and "min_new_samples" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'{"check_interval_seconds": Infinity}', "check_interval_seconds: Input should be a finite number"),
+        (b'{"trigger_config": {"min_new_samples": true}}', "trigger_config.min_new_samples: Input should be a valid integer"),
+        (b'{"trigger_config": {"cooldown_hours": "1"}}', "trigger_config.cooldown_hours: Input should be a valid number"),
+        (b'{"enable_ab_testing": 1}', "enable_ab_testing: Input should be a valid boolean"),
+        ('{"champion_model": "caf\u00e9"}'.encode("latin-1"), "bad.json: not valid UTF-8 (byte 0xe9 at position 23)"),
+    ],
+)
+def test_bad_config_values_exit_2_naming_the_key_without_a_traceback(workdir, content, expected):
+    (workdir / "bad.json").write_bytes(content)
+    for command in (DAEMON + ["--config", "bad.json", "--status"], CLI + ["status", "--config", "bad.json"],
+                    DAEMON + ["--config", "bad.json", "--max-iterations", "1"]):
+        proc = run(command, workdir)
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (workdir / "usage.db").exists()
+
+
+def test_relative_paths_in_the_config_file_resolve_against_its_folder(workdir, tmp_path):
+    conf = workdir / "conf"
+    conf.mkdir()
+    (conf / "config.json").write_text(json.dumps({
+        "db_path": "state/usage.db", "data_dir": "data", "trigger_config": {"min_new_samples": 5},
+        "generator_config": {"existing_data_path": "buffer/rehearsal.jsonl"}}))
+    (conf / "buffer").mkdir()
+    (conf / "buffer" / "rehearsal.jsonl").write_text(
+        json.dumps({"prompt": "an old question", "completion": "an old answer"}) + "\n")
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    from afs_continuous import UsageLogger
+
+    with UsageLogger(conf / "state" / "usage.db") as logger:
+        for i in range(10):
+            logger.record_feedback(logger.log(f"question number {i}", f"a good answer {i}", "base", quality_score=0.9), 1)
+    proc = run(DAEMON + ["--config", "../conf/config.json", "--trigger", "--no-train", "--json"], elsewhere, check=True)
+    retrain = json.loads(proc.stdout)["retrain"]
+    assert retrain["status"] == "data_ready" and retrain["counts"]["rehearsal_samples"] == 1
+    assert Path(retrain["data_path"]).parent.parent == conf / "data"
+    summary = json.loads(run(CLI + ["status", "--config", str(conf / "config.json"), "--json"], tmp_path,
+                             check=True).stdout)
+    assert summary["usage_stats"]["total"] == 10
+    assert summary["status"]["rehearsal_buffer"] == str(conf / "buffer" / "rehearsal.jsonl")
+    assert list(elsewhere.iterdir()) == []  # nothing was created in the current directory
+
+
+def test_status_shows_the_configuration_the_daemon_recorded(workdir):
+    _fill(workdir)
+    run(DAEMON + ["--config", "config.json", "--trigger", "--no-train"], workdir, check=True)
+    for command in (CLI + ["status"], DAEMON + ["--status"]):  # no --config: the daemon's, from the store
+        summary = json.loads(run(command + ["--db", "usage.db", "--json"], workdir, check=True).stdout)
+        assert summary["status"]["min_new_samples"] == 20  # config.json's, not the default 1000
+        assert summary["status"]["rehearsal_buffer"] == str(workdir / "data" / "rehearsal_buffer.jsonl")
+        assert summary["configuration"]["source"] == "daemon" and summary["configuration"]["recorded_at"]
+        text = run(command + ["--db", "usage.db"], workdir, check=True).stdout
+        assert "configuration    as recorded by the daemon at " in text and " / 20 since" in text
+    (workdir / "other.json").write_text(json.dumps({"db_path": "usage.db", "trigger_config": {"min_new_samples": 7}}))
+    summary = json.loads(run(CLI + ["status", "--config", "other.json", "--json"], workdir, check=True).stdout)
+    assert summary["status"]["min_new_samples"] == 7
+    assert summary["configuration"] == {"source": "file", "file": "other.json", "differs_from_daemon": True,
+                                        "daemon_recorded_at": summary["configuration"]["daemon_recorded_at"]}
+    text = run(CLI + ["status", "--config", "other.json"], workdir, check=True).stdout
+    assert "configuration    --config other.json (differs from the daemon's, recorded at " in text
+    text = run(CLI + ["status", "--config", "config.json"], workdir, check=True).stdout
+    assert "configuration    --config config.json\n" in text  # the daemon's own file: nothing to add
+
+
+def test_status_of_a_store_without_a_recorded_configuration_says_so(tmp_path):
+    from afs_continuous import UsageLogger
+
+    UsageLogger(tmp_path / "fresh.db").close()
+    summary = json.loads(run(CLI + ["status", "--db", "fresh.db", "--json"], tmp_path, check=True).stdout)
+    assert summary["configuration"] == {"source": "defaults"}
+    text = run(CLI + ["status", "--db", "fresh.db"], tmp_path, check=True).stdout
+    assert "configuration    defaults and environment (no daemon has recorded its configuration in this store)" in text
+
+
 def test_bad_train_fn_exits_2(workdir):
     proc = run(DAEMON + ["--config", "config.json", "--train-fn", "no_such_module:train", "--trigger"], workdir)
     assert proc.returncode == 2 and "no_such_module" in proc.stderr

@@ -87,6 +87,58 @@ def test_log_usage_snippet(home):
     ns["logger"].close()
 
 
+_USER_PRELUDE = """
+import time
+class _Model:
+    def generate(self, query):
+        return "An answer to: " + query
+model = _Model()
+def compute_quality(response):
+    return 0.9
+"""
+
+
+def test_step_1_then_status_connects_in_a_fresh_home(tmp_path):
+    """Step 1 as typed, the integration snippet as typed, then step 2's ``--status`` with no flags, each in
+    its own process in a fresh home: the status shows both records (one default store for all of them)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AFS_CONTINUOUS_")}
+    env["HOME"] = str(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    py = _blocks("python")
+    app = _USER_PRELUDE + py[1] + "\nresponse, record_id = handle_query('How do I use DMA?')\nhandle_feedback(record_id, True)\n"
+    for code in (py[0], app):  # neither snippet closes its logger: records are flushed at exit
+        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    status = [sys.executable, "scripts/continuous_loop.py", "--status"]  # step 2, from the checkout, as typed
+    proc = subprocess.run(status + ["--json"], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["store"] == f"sqlite:///{tmp_path / '.context/training/continuous/usage.db'}"
+    assert summary["usage_stats"]["total"] == 2 and summary["usage_stats"]["positive_feedback"] == 2
+    assert summary["usage_stats"]["by_model"] == {"nayru-v1": 2}
+    text = subprocess.run(status, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert text.returncode == 0 and "records          2" in text.stdout, text.stderr
+    assert not (tmp_path / ".afs").exists()
+
+
+def test_defaults_are_the_quick_start_paths(home):
+    from afs_continuous import ContinuousLearningLoop, LoopConfig, UsageLogger
+
+    assert LoopConfig().db_path == "~/.context/training/continuous/usage.db"
+    assert LoopConfig().data_path == home / ".context/training/continuous"
+    with ContinuousLearningLoop() as loop:
+        assert loop.store.path == home / ".context/training/continuous/usage.db"
+        assert loop.generator.rehearsal_buffer.path == home / ".context/training/continuous/rehearsal_buffer.jsonl"
+    with UsageLogger("~/.context/training/continuous/usage.db") as logger:  # step 1's store is the loop's
+        assert logger.store.path == loop.store.path
+
+
 def test_integration_training_loop_and_dashboard_snippets(home, capsys):
     py = _blocks("python")
     ns = _user_names(home)
@@ -138,7 +190,8 @@ def test_rehearsal_snippet(home):
     exec("from afs_continuous import DataGeneratorConfig", ns)  # the snippet assumes this import
     ns["cfg"] = eval(_blocks("python")[5], ns)
     assert ns["cfg"].include_existing_data is True
-    assert ns["cfg"].existing_data_path == "rehearsal_buffer.jsonl"
+    # a relative path given in Python is relative to the current directory when the config is made
+    assert ns["cfg"].existing_data_path == str(home / "rehearsal_buffer.jsonl")
 
 
 def test_config_json_snippet(home):

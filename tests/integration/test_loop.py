@@ -352,6 +352,35 @@ def test_status_summary_has_the_quick_start_keys(tmp_path, clock, make_loop, tra
     assert lines[0] == "Total usage: 25" and lines[1] == "Feedback rate: 80.0%" and lines[4] == "Champion model: base"
 
 
+def test_run_iteration_records_the_effective_configuration(tmp_path, clock, make_loop, store_url) -> None:
+    import json
+
+    from sqlalchemy.engine import make_url
+
+    from afs_continuous import LoopConfig
+
+    overrides: dict[str, Any] = {"trigger_config": {**NO_TRIGGERS, "min_new_samples": 300}}
+    if not store_url.startswith("sqlite"):  # trust authentication ignores the password; it must never be recorded
+        overrides["database_url"] = make_url(store_url).set(password="s3cret").render_as_string(hide_password=False)
+    loop = make_loop(tmp_path, clock, **overrides)
+    assert loop.store.get_state("daemon_config") is None  # opening a store (every worker does) records nothing
+    loop.run_iteration()
+    first = loop.store.get_state("daemon_config")
+    assert first["recorded_at"] == clock().isoformat()
+    assert first["config"]["trigger_config"]["min_new_samples"] == 300
+    assert first["config"]["data_dir"] == str(tmp_path / "data")
+    assert "s3cret" not in json.dumps(first)
+    recorded = LoopConfig.model_validate({**first["config"], "database_url": loop.config.database_url})
+    assert recorded == loop.config
+    clock.advance(hours=1)
+    loop.run_iteration()
+    assert loop.store.get_state("daemon_config") == first  # unchanged configuration: nothing rewritten
+    other = make_loop(tmp_path, clock, **{**overrides, "trigger_config": {**NO_TRIGGERS, "min_new_samples": 50}})
+    other.run_iteration(manual=True, no_train=True)
+    latest = other.store.get_state("daemon_config")
+    assert latest["recorded_at"] == clock().isoformat() and latest["config"]["trigger_config"]["min_new_samples"] == 50
+
+
 def test_quick_start_integration_flow(tmp_path, clock, make_loop, trainer) -> None:
     """The quick start's handler code, verbatim in spirit: route, log_usage, record_feedback, run_iteration."""
     loop = make_loop(tmp_path, clock, trigger_config={**COUNT_5, "min_new_samples": 10}, generator_config=GEN)

@@ -189,3 +189,180 @@ def test_precedence_overrides_then_env_then_file_then_default(tmp_path: Path) ->
     top = load_config(path, env=env, overrides={"trigger_config": {"min_new_samples": 200}})
     assert top.trigger_config.min_new_samples == 200
     assert top.trigger_config.cooldown_hours == 12
+
+
+# ---- strict numbers and booleans, finite numbers, encodings (issue 11 item 12) -----------------------------------
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ('{"check_interval_seconds": Infinity}', r"check_interval_seconds: .*finite number.*inf"),
+        ('{"check_interval_seconds": NaN}', r"check_interval_seconds: .*finite number.*nan"),
+        ('{"trigger_config": {"schedule_interval_hours": Infinity}}', r"trigger_config\.schedule_interval_hours: .*finite"),
+        ('{"ab_test_config": {"max_duration_hours": -Infinity}}', r"ab_test_config\.max_duration_hours: .*finite"),
+        ('{"check_interval_seconds": true}', r"check_interval_seconds: .*valid number.*True"),
+        ('{"check_interval_seconds": "1"}', r"check_interval_seconds: .*valid number.*'1'"),
+        ('{"trigger_config": {"min_new_samples": true}}', r"trigger_config\.min_new_samples: .*valid integer.*True"),
+        ('{"trigger_config": {"min_new_samples": "1"}}', r"trigger_config\.min_new_samples: .*valid integer.*'1'"),
+        ('{"trigger_config": {"min_new_samples": 10.5}}', r"trigger_config\.min_new_samples: .*valid integer.*10\.5"),
+        ('{"generator_config": {"min_user_feedback": true}}', r"generator_config\.min_user_feedback: .*valid integer"),
+        ('{"generator_config": {"min_quality_score": false}}', r"generator_config\.min_quality_score: .*valid number"),
+        ('{"enable_ab_testing": 1}', r"enable_ab_testing: .*valid boolean.*1"),
+        ('{"enable_ab_testing": "true"}', r"enable_ab_testing: .*valid boolean.*'true'"),
+        ('{"logger_config": {"flush_on_sigterm": "yes"}}', r"logger_config\.flush_on_sigterm: .*valid boolean"),
+        ('{"training": {"canary_min_metrics": {"accuracy": "0.8"}}}', r"training\.canary_min_metrics\.accuracy: .*valid number"),
+        ('{"training": {"canary_max_metrics": {"loss": Infinity}}}', r"training\.canary_max_metrics\.loss: .*finite"),
+        ('{"training": {"lora": {"base_model": "m", "rank": "8"}}}', r"training\.lora: .*rank"),
+        ('{"training": {"lora": {"base_model": "m", "epochs": true}}}', r"training\.lora: .*epochs"),
+    ],
+)
+def test_non_finite_and_wrongly_typed_values_are_rejected(tmp_path: Path, text: str, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_ints_are_accepted_for_float_keys(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, '{"check_interval_seconds": 60, "trigger_config": {"cooldown_hours": 0}}'), env={})
+    assert cfg.check_interval_seconds == 60
+    assert cfg.trigger_config.cooldown_hours == 0
+    assert LoopConfig(route_cache_s=1).route_cache_s == 1
+
+
+def test_python_values_are_as_strict_as_the_file() -> None:
+    with pytest.raises(ConfigError, match=r"check_interval_seconds: .*finite"):
+        LoopConfig(check_interval_seconds=float("inf"))
+    with pytest.raises(ConfigError, match=r"min_new_samples: .*valid integer.*True"):
+        TriggerConfig(min_new_samples=True)
+    with pytest.raises(ConfigError, match=r"cooldown_hours: .*valid number.*'3'"):
+        LoopConfig(trigger_config={"cooldown_hours": "3"})
+    cfg = TriggerConfig()
+    with pytest.raises(ConfigError, match=r"cooldown_hours: .*finite"):
+        cfg.cooldown_hours = float("nan")
+
+
+def test_a_non_utf8_config_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.json"
+    path.write_bytes('{"champion_model": "café"}'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.json: not valid UTF-8 .*byte 0xe9 at position 23.*save the file as UTF-8"):
+        load_config(path, env={})
+
+
+@pytest.mark.parametrize(
+    ("env", "pattern"),
+    [
+        ({"AFS_CONTINUOUS_CHECK_INTERVAL_SECONDS": "Infinity"}, r"check_interval_seconds: .*finite.*AFS_CONTINUOUS_CHECK_INTERVAL_SECONDS"),
+        ({"AFS_CONTINUOUS_CHECK_INTERVAL_SECONDS": "NaN"}, r"check_interval_seconds: .*finite"),
+        ({"AFS_CONTINUOUS_TRIGGER_CONFIG__MIN_NEW_SAMPLES": "true"}, r"trigger_config\.min_new_samples: .*valid integer"),
+        ({"AFS_CONTINUOUS_ENABLE_AB_TESTING": "1"}, r"enable_ab_testing: .*valid boolean"),
+    ],
+)
+def test_env_overrides_are_strict_too(env: dict, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, env=env)
+
+
+def test_env_overrides_keep_working() -> None:
+    cfg = load_config(None, env={"AFS_CONTINUOUS_CHECK_INTERVAL_SECONDS": "5",
+                                 "AFS_CONTINUOUS_ROUTE_CACHE_S": "0.5",
+                                 "AFS_CONTINUOUS_TRIGGER_CONFIG__MIN_NEW_SAMPLES": "500",
+                                 "AFS_CONTINUOUS_ENABLE_AB_TESTING": "true",
+                                 "AFS_CONTINUOUS_CHAMPION_MODEL": "2024",  # a str key: taken as the string
+                                 "AFS_CONTINUOUS_TRAINING__BASELINE_VERSION": "7",
+                                 "AFS_CONTINUOUS_GENERATOR_CONFIG__SYSTEM_PROMPT": "null"})
+    assert cfg.check_interval_seconds == 5 and cfg.route_cache_s == 0.5
+    assert cfg.trigger_config.min_new_samples == 500 and cfg.enable_ab_testing is True
+    assert cfg.champion_model == "2024" and cfg.training.baseline_version == "7"
+    assert cfg.generator_config.system_prompt is None
+
+
+# ---- paths: os.PathLike (item 16) and one rule for relative paths (item 25) -------------------------------------
+
+def test_path_settings_accept_path_objects_and_round_trip(tmp_path: Path) -> None:
+    cfg = LoopConfig(db_path=tmp_path / "usage.db", data_dir=tmp_path / "data",
+                     champion_model_path=tmp_path / "base",
+                     generator_config=DataGeneratorConfig(existing_data_path=tmp_path / "buffer.jsonl"),
+                     training={"lora": {"base_model": tmp_path / "base", "output_dir": tmp_path / "adapters"}})
+    assert cfg.db_path == str(tmp_path / "usage.db") and cfg.data_dir == str(tmp_path / "data")
+    assert cfg.champion_model_path == str(tmp_path / "base")
+    assert cfg.generator_config.existing_data_path == str(tmp_path / "buffer.jsonl")
+    assert cfg.training.lora == {"base_model": str(tmp_path / "base"), "output_dir": str(tmp_path / "adapters")}
+    assert cfg.store_url == f"sqlite:///{tmp_path / 'usage.db'}"
+    again = load_config(write(tmp_path, cfg.to_json()), env={})
+    assert again == cfg
+    cfg.data_dir = tmp_path / "elsewhere"
+    assert cfg.data_dir == str(tmp_path / "elsewhere")
+    from afs_continuous.training.lora import LoRATrainingConfig
+
+    assert LoRATrainingConfig(base_model=tmp_path / "base").base_model == str(tmp_path / "base")
+    with pytest.raises(ConfigError, match=r"db_path: .*valid (string|path).*5"):
+        LoopConfig(db_path=5)
+
+
+def test_relative_paths_in_a_config_file_resolve_against_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "etc" / "afs"
+    folder.mkdir(parents=True)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    path = write(folder, json.dumps({
+        "db_path": "state/usage.db", "data_dir": "data", "champion_model_path": "../models/base",
+        "generator_config": {"existing_data_path": "buffers/rehearsal.jsonl"},
+        "training": {"lora": {"base_model": "models/base", "output_dir": "./adapters"}},
+    }))
+    cfg = load_config(path, env={})
+    assert cfg.db_path == str(folder / "state" / "usage.db")
+    assert cfg.data_dir == str(folder / "data")
+    assert cfg.champion_model_path == str(tmp_path / "etc" / "models" / "base")  # normalised, no '..'
+    assert cfg.generator_config.existing_data_path == str(folder / "buffers" / "rehearsal.jsonl")
+    assert cfg.training.lora == {"base_model": str(folder / "models" / "base"), "output_dir": str(folder / "adapters")}
+    assert cfg.store_url == f"sqlite:///{folder / 'state' / 'usage.db'}"
+    # a relative path reached through a symlinked config folder still resolves against the folder as named
+    (tmp_path / "link").symlink_to(folder)
+    assert load_config(tmp_path / "link" / "config.json", env={}).data_dir == str(tmp_path / "link" / "data")
+
+
+def test_relative_paths_from_python_and_the_environment_resolve_against_the_cwd(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "etc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = LoopConfig(db_path="usage.db", generator_config={"existing_data_path": "buffer.jsonl"})
+    assert cfg.db_path == str(tmp_path / "usage.db")
+    assert cfg.generator_config.existing_data_path == str(tmp_path / "buffer.jsonl")
+    path = write(tmp_path / "etc", '{"data_dir": "data"}')
+    cfg = load_config(path, env={"AFS_CONTINUOUS_DB_PATH": "state/usage.db"}, overrides={"champion_model_path": "base"})
+    assert cfg.db_path == str(tmp_path / "state" / "usage.db")       # environment: cwd
+    assert cfg.champion_model_path == str(tmp_path / "base")         # overrides (e.g. --db): cwd
+    assert cfg.data_dir == str(tmp_path / "etc" / "data")            # the file: its folder
+
+
+def test_home_relative_and_absolute_paths_are_kept_as_written(tmp_path: Path) -> None:
+    path = write(tmp_path, json.dumps({"db_path": "~/afs/usage.db", "data_dir": "/srv/afs",
+                                       "champion_model_path": "/srv/models/../base"}))
+    cfg = load_config(path, env={})
+    assert cfg.db_path == "~/afs/usage.db" and cfg.data_dir == "/srv/afs"
+    assert cfg.champion_model_path == "/srv/models/../base"
+    assert LoopConfig().db_path.startswith("~/")
+
+
+def test_a_relative_sqlite_url_follows_the_same_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "conf").mkdir()
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path / "conf", json.dumps({"database_url": "sqlite:///state/usage.db"}))
+    assert load_config(path, env={}).database_url == f"sqlite:///{tmp_path / 'conf' / 'state' / 'usage.db'}"
+    assert LoopConfig(database_url="sqlite:///usage.db").database_url == f"sqlite:///{tmp_path / 'usage.db'}"
+    for url in ("sqlite:////srv/usage.db", "sqlite:///~/usage.db", "sqlite://", "sqlite:///:memory:",
+                "postgresql+psycopg://afs:pw@db.example/afs"):
+        assert LoopConfig(database_url=url).database_url == url
+
+
+def test_config_record_hides_the_password_and_expands_home(tmp_path: Path) -> None:
+    from afs_continuous.config import config_record
+
+    cfg = LoopConfig(database_url="postgresql+psycopg://afs:s3cret@db.example:5432/afs", data_dir="~/afs",
+                     generator_config={"existing_data_path": tmp_path / "buffer.jsonl"})
+    record = config_record(cfg)
+    assert record["database_url"] == "postgresql+psycopg://afs:***@db.example:5432/afs"
+    assert "s3cret" not in json.dumps(record)
+    assert record["data_dir"] == str(Path.home() / "afs") and record["db_path"].startswith(str(Path.home()))
+    assert record["generator_config"]["existing_data_path"] == str(tmp_path / "buffer.jsonl")
+    assert LoopConfig.model_validate(record).trigger_config == cfg.trigger_config
