@@ -414,5 +414,16 @@ def daemon_main() -> None:
     daemon_command(prog_name=Path(sys.argv[0]).name or "continuous_loop.py")
 
 
+def _drop_cwd_from_path() -> None:
+    """``python -m afs_continuous.cli`` puts the current directory first on ``sys.path``: take it off, so a
+    ``datasketch.py`` or ``tqdm.py`` there cannot shadow the installed package (``--train-fn`` still finds
+    modules there, searched last; see :func:`afs_continuous._imports.import_callable`)."""
+    import os
+
+    if sys.path and sys.path[0] in ("", os.curdir, os.getcwd()):
+        del sys.path[0]
+
+
 if __name__ == "__main__":
+    _drop_cwd_from_path()
     main()
