@@ -16,11 +16,14 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .errors import ConfigError
 
-__all__ = ["import_callable"]
+if TYPE_CHECKING:
+    from .config import LoopConfig
+
+__all__ = ["import_callable", "train_fn_from_config"]
 
 
 def import_callable(spec: str, what: str = "function") -> Callable[..., Any]:
@@ -110,3 +113,24 @@ def _load_file(target: str, what: str) -> ModuleType:
         sys.modules.pop(name, None)
         raise ConfigError(f"cannot import {what} file {target!r} ({path}): {type(exc).__name__}: {exc}") from None
     return module
+
+
+def train_fn_from_config(config: "LoopConfig", *, clock: Callable[[], Any] | None = None) -> Callable[..., Any] | None:
+    """The training function the configuration names, or None when it names none.
+
+    ``training.train_fn`` (an import path, see :func:`import_callable`), else
+    ``training.lora`` (the reference LoRA trainer, adapters under
+    ``<data_dir>/adapters`` unless ``output_dir`` is set, folders named with
+    ``clock``), else None. The loop and the daemon command both resolve it here.
+
+    Raises:
+        ConfigError: The import path cannot be imported, or the LoRA settings are invalid.
+    """
+    training = config.training
+    if training.train_fn:
+        return import_callable(training.train_fn, "train function (training.train_fn)")
+    if training.lora is not None:
+        from .training.lora import make_train_fn  # torch etc. load only when training starts
+
+        return make_train_fn(training.lora, default_output_dir=config.data_path / "adapters", clock=clock)
+    return None

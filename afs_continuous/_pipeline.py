@@ -75,7 +75,8 @@ class RetrainPipeline:
         self.on_deploy = on_deploy
 
     def run(self, trig: TriggerResult, train_fn: TrainFn | None, *, eval_fn: EvalFn | str | None = None,
-            dry_run: bool = False, baseline: ModelVersion | None = None) -> dict[str, Any]:
+            dry_run: bool = False, baseline: ModelVersion | None = None,
+            data_only_reason: str | None = None) -> dict[str, Any]:
         """Run the pipeline once; returns the ``retrain`` part of the iteration result.
 
         Args:
@@ -84,11 +85,14 @@ class RetrainPipeline:
             eval_fn: The canary evaluation, or its ``module:function`` name (None: no canary).
             dry_run: Train and evaluate, neither deploy nor consume data.
             baseline: The pinned baseline version (None: the champion).
+            data_only_reason: Why ``train_fn`` is None (reported on a ``data_ready`` run).
         """
         trigger = trig.trigger.value if trig.trigger else "manual"
         run_id = self.runs.create(trigger, trig.to_dict(), dry_run=dry_run)
         base = baseline if baseline is not None else self.registry.champion()
         gate: dict[str, Any] = {"baseline_version": base.name if base else None, "baseline_pinned": baseline is not None}
+        if train_fn is None and data_only_reason:
+            gate["data_only_reason"] = data_only_reason
         self.runs.update(run_id, decision=gate)
         report: dict[str, Any] = {"run_id": run_id, "trigger": trigger, "dry_run": dry_run,
                                   "baseline_version": gate["baseline_version"]}
@@ -119,7 +123,10 @@ class RetrainPipeline:
             if not trig.trigger == TriggerType.MANUAL:
                 self.store.set_state("last_training_at", trig.checked_at)
             self.runs.update(run_id, status=RunStatus.DATA_READY, finished=True)
-            return {**report, "status": RunStatus.DATA_READY.value}
+            why = gate.get("data_only_reason")
+            if why:
+                log.warning("run %d: %s", run_id, why)
+            return {**report, "status": RunStatus.DATA_READY.value, **({"reason": why} if why else {})}
         try:  # before training: a gate that cannot run must not cost a training run
             evaluate = self._eval_fn(eval_fn)
         except Exception as exc:  # noqa: BLE001

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import click
 
-from ._imports import import_callable
+from ._imports import import_callable, train_fn_from_config
 from ._report import format_iteration, format_run_report, format_runs, format_status, format_versions
 from .config import ENV_PREFIX, LoopConfig, load_config
 from .errors import AfsContinuousError, ConfigError, NotFoundError, SchemaVersionError
@@ -48,22 +48,20 @@ def _load(config_path: str | None, db: str | None) -> LoopConfig:
 
 
 def resolve_train_fn(spec: str | None, config: LoopConfig) -> Callable[[str], Any] | None:
-    """The training function named by ``spec`` (``module:function``), else by the configuration.
+    """The training function named by ``spec`` (``module:function`` or ``path/to/file.py:function``),
+    else by the configuration.
 
     Order: ``spec`` (``--train-fn`` / ``AFS_CONTINUOUS_TRAIN_FN``) >
-    ``training.train_fn`` > ``training.lora`` (the reference LoRA trainer) > None.
+    ``training.train_fn`` > ``training.lora`` (the reference LoRA trainer) > None;
+    the configuration's part is :func:`afs_continuous._imports.train_fn_from_config`,
+    which :meth:`ContinuousLearningLoop.resolve_train_fn` uses too.
 
     Raises:
         ConfigError: The module cannot be imported or has no such function.
     """
-    spec = spec or config.training.train_fn
     if spec:
         return import_callable(spec, "train function")
-    if config.training.lora is not None:
-        from .training.lora import make_train_fn  # heavy imports only when configured
-
-        return make_train_fn(config.training.lora)
-    return None
+    return train_fn_from_config(config)
 
 
 def resolve_eval_fn(spec: str | None, config: LoopConfig) -> Callable[[str], Any] | None:
@@ -154,11 +152,14 @@ def daemon_command(config_path: str | None, db: str | None, show_status: bool, t
     config = _load(config_path, db)
     training = show_status is False and no_train is False
     try:
-        train_fn = resolve_train_fn(train_fn_spec, config) if training else None
+        # checked now (exit 2 before anything runs); the loop resolves the configuration's own the same way,
+        # with its clock, so only --train-fn is passed on
+        train_fn = import_callable(train_fn_spec, "train function") if training and train_fn_spec else None
+        configured = train_fn or (train_fn_from_config(config) if training else None)
         eval_fn = resolve_eval_fn(eval_fn_spec, config) if training else None
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    if train_fn is not None and eval_fn is None and config.training.canary_thresholds_set:
+    if configured is not None and eval_fn is None and config.training.canary_thresholds_set:
         raise click.UsageError("the canary gate has thresholds (training.canary_*) but no eval function: "
                                "pass --eval-fn module:function or set training.eval_fn")
     loop = _open_loop(config, must_exist=show_status)
@@ -183,7 +184,7 @@ def daemon_command(config_path: str | None, db: str | None, show_status: bool, t
             if result.get("retrain", {}).get("status") == "failed":
                 sys.exit(1)
             return
-        if train_fn is None and not no_train:
+        if configured is None and not no_train:
             log.warning("no training function (--train-fn or training in the config): triggered runs prepare data only")
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 

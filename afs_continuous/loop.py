@@ -28,6 +28,7 @@ from datetime import timedelta
 from typing import Any, Callable, Mapping
 
 from ._canary import EvalFn
+from ._imports import train_fn_from_config
 from ._pipeline import RetrainPipeline, TrainFn
 from .clock import Clock, utc_now
 from .config import LoopConfig
@@ -46,6 +47,10 @@ __all__ = ["ContinuousLearningLoop", "EvalFn", "TrainFn"]
 
 log = logging.getLogger("afs_continuous")
 
+_NO_TRAIN = "no_train: training data prepared, train_fn not called"
+_NO_TRAIN_FN = ("no train_fn configured: data prepared only (pass train_fn= to the loop or run_iteration, "
+                "--train-fn on the command line, or set training.train_fn or training.lora)")
+
 
 class ContinuousLearningLoop:
     """The continuous-learning loop over one store.
@@ -56,7 +61,9 @@ class ContinuousLearningLoop:
         clock: Callable returning the current timezone-aware UTC datetime; used
             for every timestamp, trigger and experiment duration.
         train_fn: Default training function for :meth:`run_iteration` and
-            :meth:`run_loop`: ``train_fn(data_path) -> {"model_path": str, ...metrics}``.
+            :meth:`run_loop`: ``train_fn(data_path) -> {"model_path": str, ...metrics}``
+            (default: ``training.train_fn`` of the configuration, else the
+            reference LoRA trainer of ``training.lora``; see :meth:`resolve_train_fn`).
         eval_fn: Default canary evaluation: ``eval_fn(model_path) -> {metric: float}``
             on a fixed golden set (default: ``training.eval_fn`` of the
             configuration, imported at the first training run; None: no canary).
@@ -83,6 +90,7 @@ class ContinuousLearningLoop:
         self.clock = clock
         self.train_fn = train_fn
         self.eval_fn = eval_fn
+        self._config_train_fn: tuple[TrainFn | None] | None = None  # resolved from the config at first use
         cfg = self.config
         self.store = Store(cfg.store_url)
         self.logger = UsageLogger(self.store, config=cfg.logger_config, clock=clock)
@@ -171,8 +179,9 @@ class ContinuousLearningLoop:
 
         Args:
             train_fn: ``train_fn(data_path) -> {"model_path": str, ...metrics}``
-                (default: the one given to the constructor). Without one, a
-                triggered run prepares data only (status ``data_ready``).
+                (default: :meth:`resolve_train_fn`: the constructor's, else the
+                configuration's). Without any, a triggered run prepares data
+                only (status ``data_ready``, reason ``no train_fn configured``).
             manual: Retrain now regardless of triggers and cooldown (``--trigger``).
             no_train: Prepare the training data and stop (status ``data_ready``).
             dry_run: Train and evaluate (canary included), but neither deploy
@@ -193,18 +202,42 @@ class ContinuousLearningLoop:
         Raises:
             NotFoundError: ``baseline_version`` names no model version; nothing is done.
             LeaseHeld: Another daemon holds the store's lease; nothing is done.
+            ConfigError: ``training.train_fn`` cannot be imported or ``training.lora``
+                is invalid (only when no ``train_fn`` is given); nothing is done.
         """
+        fn = None if no_train else self.resolve_train_fn(train_fn)
         pinned_name = baseline_version if baseline_version is not None else self.config.training.baseline_version
         pinned = self.registry.get(pinned_name) if pinned_name is not None else None
         self.logger.flush()
         held_before = self._lease_held
         self._take_lease()
         try:
-            return self._iteration(train_fn, manual=manual, no_train=no_train, dry_run=dry_run, eval_fn=eval_fn,
+            return self._iteration(fn, manual=manual, no_train=no_train, dry_run=dry_run, eval_fn=eval_fn,
                                    pinned=pinned)
         finally:
             if not held_before:  # a standalone iteration (e.g. --trigger) gives the lease back
                 self._release_lease()
+
+    def resolve_train_fn(self, train_fn: TrainFn | None = None) -> TrainFn | None:
+        """The training function a run uses; the daemon command and Python callers get the same one.
+
+        Order: ``train_fn`` (the argument of :meth:`run_iteration` /
+        :meth:`run_loop`, or ``--train-fn``) > the constructor's ``train_fn`` >
+        ``training.train_fn`` (an import path) > ``training.lora`` (the
+        reference LoRA trainer, adapters under ``<data_dir>/adapters``, folder
+        names from this loop's clock) > None (runs prepare data only). The
+        configuration's is resolved once, at the first call.
+
+        Raises:
+            ConfigError: ``training.train_fn`` cannot be imported or ``training.lora`` is invalid.
+        """
+        if train_fn is not None:
+            return train_fn
+        if self.train_fn is not None:
+            return self.train_fn
+        if self._config_train_fn is None:
+            self._config_train_fn = (train_fn_from_config(self.config, clock=self.clock),)
+        return self._config_train_fn[0]
 
     def _take_lease(self) -> None:
         """Acquire or renew the daemon lease; recover the runs of a holder whose lease expired.
@@ -252,10 +285,10 @@ class ContinuousLearningLoop:
             log.info("no retrain: %s", trig.reason)
             return result
         result["retrain_triggered"] = True
-        fn = train_fn if train_fn is not None else self.train_fn
         evaluate = next((f for f in (eval_fn, self.eval_fn, self.config.training.eval_fn) if f is not None), None)
-        result["retrain"] = self.pipeline.run(trig, None if no_train else fn, eval_fn=evaluate, dry_run=dry_run,
-                                              baseline=pinned)
+        data_only = (_NO_TRAIN if no_train else _NO_TRAIN_FN) if train_fn is None else None
+        result["retrain"] = self.pipeline.run(trig, train_fn, eval_fn=evaluate, dry_run=dry_run, baseline=pinned,
+                                              data_only_reason=data_only)
         return result
 
     def _watch_champion(self, now: Any) -> dict[str, Any] | None:

@@ -146,7 +146,8 @@ class TrainingRun:
         if self.status in (RunStatus.GENERATING, RunStatus.TRAINING):
             out["reasons"] = [f"in progress ({self.status.value})"]
         elif self.status is RunStatus.DATA_READY:
-            out["reasons"] = ["training data prepared; no training function was called (--no-train or none configured)"]
+            out["reasons"] = [self.gate.get("data_only_reason")
+                              or "training data prepared; no training function was called (--no-train or none configured)"]
         elif self.status is RunStatus.DRY_RUN:
             out["decided_by"] = "dry run"
             out["would_deploy"] = canary is None or bool(canary.get("passed"))
