@@ -141,7 +141,7 @@ class RetrainPipeline:
         except BaseException as exc:  # Ctrl-C / SystemExit: record it, then let it stop the process
             self._interrupted(run_id, exc, "train_fn")
             raise
-        metrics = {k: v for k, v in outcome.items() if _jsonable(v)}
+        metrics = {**{k: v for k, v in outcome.items() if _jsonable(v)}, "model_path": model_path}
         report.update(metrics=metrics, model_path=model_path)
         gate["model_path"] = model_path
         self.runs.update(run_id, metrics=metrics, decision=gate)
@@ -191,11 +191,17 @@ class RetrainPipeline:
         new = Path(model_path).expanduser()
         if not new.exists():
             raise ValueError(f"train_fn returned model_path {model_path!r}, which does not exist")
+        if not (new.is_dir() or new.is_file()):
+            raise ValueError(f"train_fn returned model_path {model_path!r}, which is neither a directory nor a file "
+                             "(expected the saved model: an adapter folder, or a weights file for engines that take one)")
+        resolved = new.resolve()  # stored absolute: the daemon's current directory must not change its meaning
         champion = self.registry.champion()
         for who, version in (("champion", champion), ("baseline", baseline)):
-            if version is not None and version.path and Path(version.path).expanduser().resolve() == new.resolve():
+            if version is not None and version.path and Path(version.path).expanduser().resolve() == resolved:
                 raise ValueError(f"train_fn returned the {who}'s own path {model_path!r}; a new model must be saved elsewhere")
-        return model_path
+        if str(resolved) != model_path:
+            log.info("train_fn returned model_path %r; stored as %s", model_path, resolved)
+        return str(resolved)
 
     def _canary(self, eval_fn: EvalFn, model_path: str, base: ModelVersion | None) -> CanaryResult:
         cfg = self.config.training

@@ -96,6 +96,8 @@ def test_train_fn_raising_fails_the_run_and_keeps_the_champion(tmp_path, clock, 
         ({"model_path": 42}, r"ValueError: train_fn result has no 'model_path'"),
         ("MISSING", r"ValueError: train_fn returned model_path '.*does-not-exist', which does not exist"),
         ("CHAMPION", r"ValueError: train_fn returned the champion's own path '.*champion-weights/'; a new model must be saved elsewhere"),
+        ({"model_path": "/dev/null"},
+         r"ValueError: train_fn returned model_path '/dev/null', which is neither a directory nor a file"),
     ],
 )
 def test_unusable_train_fn_results_fail_with_a_specific_message(tmp_path, clock, make_loop, outcome, message) -> None:
@@ -118,6 +120,30 @@ def test_unusable_train_fn_results_fail_with_a_specific_message(tmp_path, clock,
     assert [v.name for v in loop.registry.list()] == ["base"]
     assert loop.registry.champion().path == str(champion_dir)
     assert loop.experiments.active() is None
+
+
+def test_a_relative_model_path_is_stored_resolved_and_absolute(tmp_path, clock, make_loop, monkeypatch) -> None:
+    """Issue 11 item 4: ``model_path="../../adapters/x"`` is deployed as the absolute, resolved path (the
+    daemon's current directory must not decide later what a version's path means)."""
+    adapter = tmp_path / "adapters" / "x"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    work = tmp_path / "work" / "deep"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+
+    def train_fn(data_path: str) -> dict[str, Any]:
+        return {"model_path": "../../adapters/./x/", "loss": 0.2}
+
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS, generator_config=GEN)
+    log_good(loop, 5)
+    retrain = loop.run_iteration(train_fn, manual=True)["retrain"]
+    assert retrain["status"] == "deployed", retrain
+    expected = str(adapter.resolve())
+    assert retrain["model_path"] == expected and retrain["metrics"]["model_path"] == expected
+    version = loop.registry.get(retrain["model_version"])
+    assert version.path == expected and version.metrics["model_path"] == expected
+    assert loop.runs.get(retrain["run_id"]).to_dict()["model_path"] == expected
 
 
 def test_hanging_train_fn_times_out(tmp_path, clock, make_loop) -> None:
