@@ -166,7 +166,7 @@ class RetrainPipeline:
             log.warning("run %d rejected by the canary gate: %s", run_id, "; ".join(canary.reasons))
             return {**report, "status": RunStatus.REJECTED.value, "reasons": canary.reasons}
         self.runs.update(run_id, decision=gate)
-        return self._deploy(run_id, report, gen, model_path, metrics, canary)
+        return self._deploy(run_id, report, gen, model_path, metrics, canary, gate)
 
     # ---- steps ----------------------------------------------------------------------------
 
@@ -241,7 +241,7 @@ class RetrainPipeline:
                          error=f"interrupted by {type(exc).__name__} during {where}")
 
     def _deploy(self, run_id: int, report: dict[str, Any], gen: GenerationResult, model_path: str,
-                metrics: dict[str, Any], canary: CanaryResult | None) -> dict[str, Any]:
+                metrics: dict[str, Any], canary: CanaryResult | None, gate: dict[str, Any]) -> dict[str, Any]:
         champion = self.registry.champion()
         name = f"{self.config.champion_model}-ft{run_id}"
         ab = self.config.enable_ab_testing
@@ -275,6 +275,9 @@ class RetrainPipeline:
         self.on_deploy()
         self._update_rehearsal(gen)
         gen.close(delete_files=not self.config.keep_training_data)  # spool; train/val/parquet files unless kept
+        if not self.config.keep_training_data and gen.output_path is not None:
+            gate["data_deleted"] = True  # the report says so instead of listing a file that is gone
+            self.runs.update(run_id, decision=gate)
         how = (f"challenger at {self.config.ab_test_config.initial_challenger_traffic:.0%} of traffic" if ab
                else "champion (A/B testing disabled)")
         log.info("run %d deployed %s as %s", run_id, name, how)

@@ -180,7 +180,8 @@ def format_run_report(report: Mapping[str, Any]) -> str:
         f"  samples          {format_counts(r['counts']) if r.get('counts') else '-'}",
     ]
     if r.get("data_path"):
-        lines.append(f"  training data    {r['data_path']}")
+        gone = " (deleted after the run; keep_training_data=false)" if r.get("data_deleted") else ""
+        lines.append(f"  training data    {r['data_path']}{gone}")
     base, chal = r.get("baseline") or {}, r.get("challenger") or {}
     lines += [
         "",

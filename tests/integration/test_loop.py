@@ -146,6 +146,24 @@ def test_a_relative_model_path_is_stored_resolved_and_absolute(tmp_path, clock, 
     assert loop.runs.get(retrain["run_id"]).to_dict()["model_path"] == expected
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_report_says_when_the_training_data_was_deleted(tmp_path, clock, make_loop, trainer, keep) -> None:
+    """Issue 11 item 21: a report must not list a training file that was cleaned up as if it were there."""
+    from afs_continuous._report import format_run_report
+
+    loop = make_loop(tmp_path, clock, keep_training_data=keep, trigger_config=NO_TRIGGERS, generator_config=GEN)
+    log_good(loop, 5)
+    retrain = loop.run_iteration(trainer, manual=True)["retrain"]
+    assert retrain["status"] == "deployed"
+    report = loop.runs.get(retrain["run_id"]).to_dict()
+    assert Path(report["data_path"]).exists() is keep
+    assert report["data_deleted"] is (not keep)
+    text = format_run_report(report)
+    line = next(x for x in text.splitlines() if x.strip().startswith("training data"))
+    note = "(deleted after the run; keep_training_data=false)"
+    assert line.strip() == f"training data    {report['data_path']}" + ("" if keep else f" {note}")
+
+
 def test_hanging_train_fn_times_out(tmp_path, clock, make_loop) -> None:
     release = threading.Event()
 
