@@ -256,11 +256,11 @@ def versions(config_path: str | None, db: str | None, as_json: bool) -> None:
 
 
 def _registry_op(op: str, name: str | None, reason: str, actor: str, config_path: str | None, db: str | None,
-                 as_json: bool) -> None:
+                 as_json: bool, force: bool = False) -> None:
     loop = _open_loop(_load(config_path, db))
     try:
         before = loop.registry.champion()
-        version = getattr(loop, op)(name, reason=reason, actor=actor)
+        version = getattr(loop, op)(name, reason=reason, actor=actor, force=force)
         if before is not None and before.name == version.name:
             text = f"{version.name} is already the champion; nothing changed"
         else:
@@ -276,39 +276,47 @@ def _registry_op(op: str, name: str | None, reason: str, actor: str, config_path
 _actor_option = click.option(
     "--actor", envvar="USER", default="operator", show_default="$USER, else operator",
     help="Who does it, recorded in the audit history.")
+_force_option = click.option(
+    "--force", is_flag=True,
+    help="Proceed even when the version's recorded path (its adapter folder) no longer exists.")
 
 
 @main.command()
 @click.argument("version")
 @click.option("--reason", default="manual promotion", show_default=True, help="Why, recorded in the audit history.")
 @_actor_option
+@_force_option
 @_config_option
 @_db_option
 @_json_option
-def promote(version: str, reason: str, actor: str, config_path: str | None, db: str | None, as_json: bool) -> None:
+def promote(version: str, reason: str, actor: str, force: bool, config_path: str | None, db: str | None,
+            as_json: bool) -> None:
     """Make VERSION the champion (recorded with who, why, when and the prior champion).
 
     Ends a running experiment: promoting its challenger concludes it, promoting
-    another version retires the challenger.
+    another version retires the challenger. A version whose recorded path is
+    gone is refused (exit 1, nothing changes) unless --force.
     """
-    _registry_op("promote", version, reason, actor, config_path, db, as_json)
+    _registry_op("promote", version, reason, actor, config_path, db, as_json, force)
 
 
 @main.command()
 @click.argument("version", required=False)
 @click.option("--reason", default="manual rollback", show_default=True, help="Why, recorded in the audit history.")
 @_actor_option
+@_force_option
 @_config_option
 @_db_option
 @_json_option
-def rollback(version: str | None, reason: str, actor: str, config_path: str | None, db: str | None,
+def rollback(version: str | None, reason: str, actor: str, force: bool, config_path: str | None, db: str | None,
              as_json: bool) -> None:
     """Restore VERSION (default: the previous champion) as champion.
 
     Recorded in both versions' histories with who, why, when and the prior
-    champion. An unknown VERSION exits 1 and changes nothing.
+    champion. An unknown VERSION, or one whose recorded path is gone (unless
+    --force), exits 1 and changes nothing.
     """
-    _registry_op("rollback", version, reason, actor, config_path, db, as_json)
+    _registry_op("rollback", version, reason, actor, config_path, db, as_json, force)
 
 
 _RUN_STATUSES = ["generating", "training", "skipped", "data_ready", "failed", "dry_run", "deployed", "promoted",

@@ -25,6 +25,7 @@ import secrets
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ._canary import EvalFn
@@ -32,6 +33,7 @@ from ._imports import train_fn_from_config
 from ._pipeline import RetrainPipeline, TrainFn
 from .clock import Clock, utc_now
 from .config import LoopConfig
+from .errors import NotFoundError
 from .experiment import Arm, Decision, Evaluation, ExperimentManager
 from ._queries import count_eligible
 from .generator import TrainingDataGenerator
@@ -298,7 +300,13 @@ class ContinuousLearningLoop:
         if check is None:
             return None
         if check.rollback:
-            self.rollback(check.previous, reason=check.reason, actor="drift-monitor")
+            try:
+                self.rollback(check.previous, reason=check.reason, actor="drift-monitor")
+            except NotFoundError as exc:  # its files are gone: keep serving the champion, tell the operator
+                self.monitor.stop()
+                log.error("drift monitor: %s; not rolled back to %s: %s (the watch ended)", check.reason,
+                          check.previous, exc)
+                return {**check.to_dict(), "rollback": False, "rollback_refused": str(exc)}
             log.warning("rolled back to %s: %s", check.previous, check.reason)
         return check.to_dict()
 
@@ -397,15 +405,24 @@ class ContinuousLearningLoop:
 
     # ---- operations ----------------------------------------------------------------------
 
-    def promote(self, name: str, *, reason: str = "manual promotion", actor: str = "operator") -> ModelVersion:
+    def promote(self, name: str, *, reason: str = "manual promotion", actor: str = "operator",
+                force: bool = False) -> ModelVersion:
         """Make version ``name`` champion now; recorded with ``actor``, ``reason``, the time and the prior champion.
 
         A running experiment ends: promoting its challenger concludes it
         (``promote``); promoting any other version retires the challenger
         (``stop``). The training run of ``name`` becomes ``promoted``.
 
+        Args:
+            name: The version.
+            reason: Why (the audit history).
+            actor: Who (the audit history).
+            force: Promote even when the version's ``path`` no longer exists.
+
         Raises:
-            NotFoundError: Unknown version; nothing changes.
+            NotFoundError: Unknown version, or (without ``force``) its recorded
+                ``path`` is gone; nothing changes. A version without a path
+                (e.g. the initial champion without ``champion_model_path``) is allowed.
         """
         exp = self.experiments.active()
         with self.store.write() as conn:
@@ -413,6 +430,8 @@ class ContinuousLearningLoop:
             version = self.registry.promote(name, reason=reason, actor=actor, conn=conn)
             if before is not None and before.name == version.name:
                 return version  # already the champion: nothing changes, a running experiment goes on
+            if not force:
+                _require_files(version)  # raising rolls the whole transaction back
             self.runs.set_outcome(name, RunStatus.PROMOTED, conn=conn)
             self._end_experiment_for(exp, name, f"manual promotion of {name}: {reason}", actor, conn)
         self._invalidate()
@@ -431,7 +450,8 @@ class ContinuousLearningLoop:
         self.experiments.conclude(exp, Decision.STOP, conn=conn)
         self.runs.set_outcome(exp.challenger, RunStatus.REJECTED, conn=conn)
 
-    def rollback(self, name: str | None = None, *, reason: str = "manual rollback", actor: str = "operator") -> ModelVersion:
+    def rollback(self, name: str | None = None, *, reason: str = "manual rollback", actor: str = "operator",
+                 force: bool = False) -> ModelVersion:
         """Restore ``name`` (default: the previous champion) as champion; ends a running experiment.
 
         Recorded in both versions' histories with ``actor``, ``reason``, the
@@ -439,8 +459,15 @@ class ContinuousLearningLoop:
         champion becomes ``rolled_back``; the run of the restored version
         ``promoted``. Idempotent (see :meth:`ModelRegistry.rollback`).
 
+        Args:
+            name: The version (None: the previous champion).
+            reason: Why (the audit history).
+            actor: Who (the audit history).
+            force: Restore it even when its ``path`` no longer exists.
+
         Raises:
-            NotFoundError: Unknown version or no previous champion; nothing changes.
+            NotFoundError: Unknown version, no previous champion, or (without
+                ``force``) the version's recorded ``path`` is gone; nothing changes.
         """
         exp = self.experiments.active()
         with self.store.write() as conn:
@@ -448,6 +475,8 @@ class ContinuousLearningLoop:
             version = self.registry.rollback(name, reason=reason, actor=actor, conn=conn)
             if before is not None and before.name == version.name:
                 return version  # already the champion: nothing changes, a running experiment goes on
+            if not force:
+                _require_files(version)  # raising rolls the whole transaction back
             if before is not None:
                 self.runs.set_outcome(before.name, RunStatus.ROLLED_BACK, conn=conn)
             self.runs.set_outcome(version.name, RunStatus.PROMOTED, conn=conn)
@@ -519,6 +548,15 @@ class ContinuousLearningLoop:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _require_files(version: ModelVersion) -> None:
+    """Refuse to make ``version`` champion when its recorded path is gone (serving it would fail)."""
+    if version.path and not Path(version.path).expanduser().exists():
+        raise NotFoundError(
+            f"model version {version.name!r} has no files at {version.path!r}: its path is gone (deleted or moved); "
+            "nothing changed. Restore the files, or pass --force (force=True) to make it champion anyway"
+        )
 
 
 def _iso(value: Any) -> str | None:
