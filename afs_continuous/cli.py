@@ -125,7 +125,8 @@ _verbose_option = click.option("-v", "--verbose", is_flag=True, help="Debug logg
 @click.option("--dry-run", is_flag=True,
               help="Train and evaluate (canary included) but neither deploy nor promote; the run ends dry_run.")
 @click.option("--train-fn", "train_fn_spec", envvar=ENV_PREFIX + "TRAIN_FN",
-              help="Training function as module:function, called as fn(data_path) -> {'model_path': ...}.")
+              help="Training function as module:function (the current directory is searched after the installed "
+                   "packages) or path/to/file.py:function, called as fn(data_path) -> {'model_path': ...}.")
 @click.option("--eval-fn", "eval_fn_spec", envvar=ENV_PREFIX + "TRAINING__EVAL_FN",
               help="Canary evaluation as module:function, called as fn(model_path) -> {metric: float} on a fixed "
                    "golden set before deployment (training.eval_fn).")
