@@ -235,6 +235,8 @@ def format_iteration(result: Mapping[str, Any]) -> str:
     lines = [f"iteration at {result['timestamp']}"]
     if result.get("drift"):
         lines.append(f"drift monitor: {result['drift']['reason']}")
+        if result["drift"].get("rollback_refused"):
+            lines.append(f"  NOT ROLLED BACK: {result['drift']['rollback_refused']}")
     if result.get("experiment"):
         lines.append("experiment:")
         lines += format_evaluation(result["experiment"])

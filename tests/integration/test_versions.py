@@ -563,8 +563,12 @@ def test_the_drift_monitor_does_not_roll_back_to_a_version_whose_files_are_gone(
 
     shutil.rmtree(base_weights)
     _replay(loop, clock, {CHALLENGER: alpaca("FuseChat-Llama-3.2-1B")}, 600, hours=2, start=5000)
-    drift = loop.run_iteration()["drift"]
+    result = loop.run_iteration()
+    drift = result["drift"]
     assert drift["rollback"] is False
+    from afs_continuous._report import format_iteration
+
+    assert f"  NOT ROLLED BACK: model version {CHAMPION!r} has no files at" in format_iteration(result)
     assert drift["rollback_refused"].startswith(f"model version {CHAMPION!r} has no files at")
     assert loop.registry.champion().name == CHALLENGER
     assert "not rolled back to" in caplog.text and loop.monitor.active() is None
