@@ -75,7 +75,8 @@ class RetrainPipeline:
         self.on_deploy = on_deploy
 
     def run(self, trig: TriggerResult, train_fn: TrainFn | None, *, eval_fn: EvalFn | str | None = None,
-            dry_run: bool = False, baseline: ModelVersion | None = None) -> dict[str, Any]:
+            dry_run: bool = False, baseline: ModelVersion | None = None,
+            data_only_reason: str | None = None) -> dict[str, Any]:
         """Run the pipeline once; returns the ``retrain`` part of the iteration result.
 
         Args:
@@ -84,11 +85,14 @@ class RetrainPipeline:
             eval_fn: The canary evaluation, or its ``module:function`` name (None: no canary).
             dry_run: Train and evaluate, neither deploy nor consume data.
             baseline: The pinned baseline version (None: the champion).
+            data_only_reason: Why ``train_fn`` is None (reported on a ``data_ready`` run).
         """
         trigger = trig.trigger.value if trig.trigger else "manual"
         run_id = self.runs.create(trigger, trig.to_dict(), dry_run=dry_run)
         base = baseline if baseline is not None else self.registry.champion()
         gate: dict[str, Any] = {"baseline_version": base.name if base else None, "baseline_pinned": baseline is not None}
+        if train_fn is None and data_only_reason:
+            gate["data_only_reason"] = data_only_reason
         self.runs.update(run_id, decision=gate)
         report: dict[str, Any] = {"run_id": run_id, "trigger": trigger, "dry_run": dry_run,
                                   "baseline_version": gate["baseline_version"]}
@@ -119,7 +123,10 @@ class RetrainPipeline:
             if not trig.trigger == TriggerType.MANUAL:
                 self.store.set_state("last_training_at", trig.checked_at)
             self.runs.update(run_id, status=RunStatus.DATA_READY, finished=True)
-            return {**report, "status": RunStatus.DATA_READY.value}
+            why = gate.get("data_only_reason")
+            if why:
+                log.warning("run %d: %s", run_id, why)
+            return {**report, "status": RunStatus.DATA_READY.value, **({"reason": why} if why else {})}
         try:  # before training: a gate that cannot run must not cost a training run
             evaluate = self._eval_fn(eval_fn)
         except Exception as exc:  # noqa: BLE001
@@ -134,7 +141,7 @@ class RetrainPipeline:
         except BaseException as exc:  # Ctrl-C / SystemExit: record it, then let it stop the process
             self._interrupted(run_id, exc, "train_fn")
             raise
-        metrics = {k: v for k, v in outcome.items() if _jsonable(v)}
+        metrics = {**{k: v for k, v in outcome.items() if _jsonable(v)}, "model_path": model_path}
         report.update(metrics=metrics, model_path=model_path)
         gate["model_path"] = model_path
         self.runs.update(run_id, metrics=metrics, decision=gate)
@@ -159,7 +166,7 @@ class RetrainPipeline:
             log.warning("run %d rejected by the canary gate: %s", run_id, "; ".join(canary.reasons))
             return {**report, "status": RunStatus.REJECTED.value, "reasons": canary.reasons}
         self.runs.update(run_id, decision=gate)
-        return self._deploy(run_id, report, gen, model_path, metrics, canary)
+        return self._deploy(run_id, report, gen, model_path, metrics, canary, gate)
 
     # ---- steps ----------------------------------------------------------------------------
 
@@ -184,11 +191,17 @@ class RetrainPipeline:
         new = Path(model_path).expanduser()
         if not new.exists():
             raise ValueError(f"train_fn returned model_path {model_path!r}, which does not exist")
+        if not (new.is_dir() or new.is_file()):
+            raise ValueError(f"train_fn returned model_path {model_path!r}, which is neither a directory nor a file "
+                             "(expected the saved model: an adapter folder, or a weights file for engines that take one)")
+        resolved = new.resolve()  # stored absolute: the daemon's current directory must not change its meaning
         champion = self.registry.champion()
         for who, version in (("champion", champion), ("baseline", baseline)):
-            if version is not None and version.path and Path(version.path).expanduser().resolve() == new.resolve():
+            if version is not None and version.path and Path(version.path).expanduser().resolve() == resolved:
                 raise ValueError(f"train_fn returned the {who}'s own path {model_path!r}; a new model must be saved elsewhere")
-        return model_path
+        if str(resolved) != model_path:
+            log.info("train_fn returned model_path %r; stored as %s", model_path, resolved)
+        return str(resolved)
 
     def _canary(self, eval_fn: EvalFn, model_path: str, base: ModelVersion | None) -> CanaryResult:
         cfg = self.config.training
@@ -228,7 +241,7 @@ class RetrainPipeline:
                          error=f"interrupted by {type(exc).__name__} during {where}")
 
     def _deploy(self, run_id: int, report: dict[str, Any], gen: GenerationResult, model_path: str,
-                metrics: dict[str, Any], canary: CanaryResult | None) -> dict[str, Any]:
+                metrics: dict[str, Any], canary: CanaryResult | None, gate: dict[str, Any]) -> dict[str, Any]:
         champion = self.registry.champion()
         name = f"{self.config.champion_model}-ft{run_id}"
         ab = self.config.enable_ab_testing
@@ -262,6 +275,9 @@ class RetrainPipeline:
         self.on_deploy()
         self._update_rehearsal(gen)
         gen.close(delete_files=not self.config.keep_training_data)  # spool; train/val/parquet files unless kept
+        if not self.config.keep_training_data and gen.output_path is not None:
+            gate["data_deleted"] = True  # the report says so instead of listing a file that is gone
+            self.runs.update(run_id, decision=gate)
         how = (f"challenger at {self.config.ab_test_config.initial_challenger_traffic:.0%} of traffic" if ab
                else "champion (A/B testing disabled)")
         log.info("run %d deployed %s as %s", run_id, name, how)

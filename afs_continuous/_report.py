@@ -197,7 +197,8 @@ def format_run_report(report: Mapping[str, Any]) -> str:
         f"  samples          {format_counts(r['counts']) if r.get('counts') else '-'}",
     ]
     if r.get("data_path"):
-        lines.append(f"  training data    {r['data_path']}")
+        gone = " (deleted after the run; keep_training_data=false)" if r.get("data_deleted") else ""
+        lines.append(f"  training data    {r['data_path']}{gone}")
     base, chal = r.get("baseline") or {}, r.get("challenger") or {}
     lines += [
         "",
@@ -251,6 +252,8 @@ def format_iteration(result: Mapping[str, Any]) -> str:
     lines = [f"iteration at {result['timestamp']}"]
     if result.get("drift"):
         lines.append(f"drift monitor: {result['drift']['reason']}")
+        if result["drift"].get("rollback_refused"):
+            lines.append(f"  NOT ROLLED BACK: {result['drift']['rollback_refused']}")
     if result.get("experiment"):
         lines.append("experiment:")
         lines += format_evaluation(result["experiment"])

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import click
 
-from ._imports import import_callable
+from ._imports import import_callable, train_fn_from_config
 from ._report import format_iteration, format_run_report, format_runs, format_status, format_versions
 from .config import ENV_PREFIX, LoopConfig, config_record, load_config
 from .errors import AfsContinuousError, ConfigError, NotFoundError, SchemaVersionError
@@ -48,22 +48,20 @@ def _load(config_path: str | None, db: str | None) -> LoopConfig:
 
 
 def resolve_train_fn(spec: str | None, config: LoopConfig) -> Callable[[str], Any] | None:
-    """The training function named by ``spec`` (``module:function``), else by the configuration.
+    """The training function named by ``spec`` (``module:function`` or ``path/to/file.py:function``),
+    else by the configuration.
 
     Order: ``spec`` (``--train-fn`` / ``AFS_CONTINUOUS_TRAIN_FN``) >
-    ``training.train_fn`` > ``training.lora`` (the reference LoRA trainer) > None.
+    ``training.train_fn`` > ``training.lora`` (the reference LoRA trainer) > None;
+    the configuration's part is :func:`afs_continuous._imports.train_fn_from_config`,
+    which :meth:`ContinuousLearningLoop.resolve_train_fn` uses too.
 
     Raises:
         ConfigError: The module cannot be imported or has no such function.
     """
-    spec = spec or config.training.train_fn
     if spec:
         return import_callable(spec, "train function")
-    if config.training.lora is not None:
-        from .training.lora import make_train_fn  # heavy imports only when configured
-
-        return make_train_fn(config.training.lora)
-    return None
+    return train_fn_from_config(config)
 
 
 def resolve_eval_fn(spec: str | None, config: LoopConfig) -> Callable[[str], Any] | None:
@@ -165,7 +163,8 @@ _verbose_option = click.option("-v", "--verbose", is_flag=True, help="Debug logg
 @click.option("--dry-run", is_flag=True,
               help="Train and evaluate (canary included) but neither deploy nor promote; the run ends dry_run.")
 @click.option("--train-fn", "train_fn_spec", envvar=ENV_PREFIX + "TRAIN_FN",
-              help="Training function as module:function, called as fn(data_path) -> {'model_path': ...}.")
+              help="Training function as module:function (the current directory is searched after the installed "
+                   "packages) or path/to/file.py:function, called as fn(data_path) -> {'model_path': ...}.")
 @click.option("--eval-fn", "eval_fn_spec", envvar=ENV_PREFIX + "TRAINING__EVAL_FN",
               help="Canary evaluation as module:function, called as fn(model_path) -> {metric: float} on a fixed "
                    "golden set before deployment (training.eval_fn).")
@@ -192,11 +191,14 @@ def daemon_command(config_path: str | None, db: str | None, show_status: bool, t
     config = _load(config_path, db)
     training = show_status is False and no_train is False
     try:
-        train_fn = resolve_train_fn(train_fn_spec, config) if training else None
+        # checked now (exit 2 before anything runs); the loop resolves the configuration's own the same way,
+        # with its clock, so only --train-fn is passed on
+        train_fn = import_callable(train_fn_spec, "train function") if training and train_fn_spec else None
+        configured = train_fn or (train_fn_from_config(config) if training else None)
         eval_fn = resolve_eval_fn(eval_fn_spec, config) if training else None
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    if train_fn is not None and eval_fn is None and config.training.canary_thresholds_set:
+    if configured is not None and eval_fn is None and config.training.canary_thresholds_set:
         raise click.UsageError("the canary gate has thresholds (training.canary_*) but no eval function: "
                                "pass --eval-fn module:function or set training.eval_fn")
     loop = _open_loop(config, must_exist=show_status)
@@ -221,7 +223,7 @@ def daemon_command(config_path: str | None, db: str | None, show_status: bool, t
             if result.get("retrain", {}).get("status") == "failed":
                 sys.exit(1)
             return
-        if train_fn is None and not no_train:
+        if configured is None and not no_train:
             log.warning("no training function (--train-fn or training in the config): triggered runs prepare data only")
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
@@ -293,11 +295,11 @@ def versions(config_path: str | None, db: str | None, as_json: bool) -> None:
 
 
 def _registry_op(op: str, name: str | None, reason: str, actor: str, config_path: str | None, db: str | None,
-                 as_json: bool) -> None:
+                 as_json: bool, force: bool = False) -> None:
     loop = _open_loop(_load(config_path, db))
     try:
         before = loop.registry.champion()
-        version = getattr(loop, op)(name, reason=reason, actor=actor)
+        version = getattr(loop, op)(name, reason=reason, actor=actor, force=force)
         if before is not None and before.name == version.name:
             text = f"{version.name} is already the champion; nothing changed"
         else:
@@ -313,39 +315,47 @@ def _registry_op(op: str, name: str | None, reason: str, actor: str, config_path
 _actor_option = click.option(
     "--actor", envvar="USER", default="operator", show_default="$USER, else operator",
     help="Who does it, recorded in the audit history.")
+_force_option = click.option(
+    "--force", is_flag=True,
+    help="Proceed even when the version's recorded path (its adapter folder) no longer exists.")
 
 
 @main.command()
 @click.argument("version")
 @click.option("--reason", default="manual promotion", show_default=True, help="Why, recorded in the audit history.")
 @_actor_option
+@_force_option
 @_config_option
 @_db_option
 @_json_option
-def promote(version: str, reason: str, actor: str, config_path: str | None, db: str | None, as_json: bool) -> None:
+def promote(version: str, reason: str, actor: str, force: bool, config_path: str | None, db: str | None,
+            as_json: bool) -> None:
     """Make VERSION the champion (recorded with who, why, when and the prior champion).
 
     Ends a running experiment: promoting its challenger concludes it, promoting
-    another version retires the challenger.
+    another version retires the challenger. A version whose recorded path is
+    gone is refused (exit 1, nothing changes) unless --force.
     """
-    _registry_op("promote", version, reason, actor, config_path, db, as_json)
+    _registry_op("promote", version, reason, actor, config_path, db, as_json, force)
 
 
 @main.command()
 @click.argument("version", required=False)
 @click.option("--reason", default="manual rollback", show_default=True, help="Why, recorded in the audit history.")
 @_actor_option
+@_force_option
 @_config_option
 @_db_option
 @_json_option
-def rollback(version: str | None, reason: str, actor: str, config_path: str | None, db: str | None,
+def rollback(version: str | None, reason: str, actor: str, force: bool, config_path: str | None, db: str | None,
              as_json: bool) -> None:
     """Restore VERSION (default: the previous champion) as champion.
 
     Recorded in both versions' histories with who, why, when and the prior
-    champion. An unknown VERSION exits 1 and changes nothing.
+    champion. An unknown VERSION, or one whose recorded path is gone (unless
+    --force), exits 1 and changes nothing.
     """
-    _registry_op("rollback", version, reason, actor, config_path, db, as_json)
+    _registry_op("rollback", version, reason, actor, config_path, db, as_json, force)
 
 
 _RUN_STATUSES = ["generating", "training", "skipped", "data_ready", "failed", "dry_run", "deployed", "promoted",
@@ -462,5 +472,16 @@ def daemon_main() -> None:
     daemon_command(prog_name=Path(sys.argv[0]).name or "continuous_loop.py")
 
 
+def _drop_cwd_from_path() -> None:
+    """``python -m afs_continuous.cli`` puts the current directory first on ``sys.path``: take it off, so a
+    ``datasketch.py`` or ``tqdm.py`` there cannot shadow the installed package (``--train-fn`` still finds
+    modules there, searched last; see :func:`afs_continuous._imports.import_callable`)."""
+    import os
+
+    if sys.path and sys.path[0] in ("", os.curdir, os.getcwd()):
+        del sys.path[0]
+
+
 if __name__ == "__main__":
+    _drop_cwd_from_path()
     main()

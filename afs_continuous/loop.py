@@ -25,12 +25,15 @@ import secrets
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ._canary import EvalFn
+from ._imports import train_fn_from_config
 from ._pipeline import RetrainPipeline, TrainFn
 from .clock import Clock, utc_now
 from .config import LoopConfig, config_record
+from .errors import NotFoundError
 from .experiment import Arm, Decision, Evaluation, ExperimentManager
 from ._queries import count_eligible
 from .generator import TrainingDataGenerator
@@ -46,6 +49,10 @@ __all__ = ["ContinuousLearningLoop", "EvalFn", "TrainFn"]
 
 log = logging.getLogger("afs_continuous")
 
+_NO_TRAIN = "no_train: training data prepared, train_fn not called"
+_NO_TRAIN_FN = ("no train_fn configured: data prepared only (pass train_fn= to the loop or run_iteration, "
+                "--train-fn on the command line, or set training.train_fn or training.lora)")
+
 
 class ContinuousLearningLoop:
     """The continuous-learning loop over one store.
@@ -56,7 +63,9 @@ class ContinuousLearningLoop:
         clock: Callable returning the current timezone-aware UTC datetime; used
             for every timestamp, trigger and experiment duration.
         train_fn: Default training function for :meth:`run_iteration` and
-            :meth:`run_loop`: ``train_fn(data_path) -> {"model_path": str, ...metrics}``.
+            :meth:`run_loop`: ``train_fn(data_path) -> {"model_path": str, ...metrics}``
+            (default: ``training.train_fn`` of the configuration, else the
+            reference LoRA trainer of ``training.lora``; see :meth:`resolve_train_fn`).
         eval_fn: Default canary evaluation: ``eval_fn(model_path) -> {metric: float}``
             on a fixed golden set (default: ``training.eval_fn`` of the
             configuration, imported at the first training run; None: no canary).
@@ -88,6 +97,7 @@ class ContinuousLearningLoop:
         self.clock = clock
         self.train_fn = train_fn
         self.eval_fn = eval_fn
+        self._config_train_fn: tuple[TrainFn | None] | None = None  # resolved from the config at first use
         cfg = self.config
         self.store = Store(cfg.store_url, verify=verify_store)
         self.logger = UsageLogger(self.store, config=cfg.logger_config, clock=clock)
@@ -176,8 +186,9 @@ class ContinuousLearningLoop:
 
         Args:
             train_fn: ``train_fn(data_path) -> {"model_path": str, ...metrics}``
-                (default: the one given to the constructor). Without one, a
-                triggered run prepares data only (status ``data_ready``).
+                (default: :meth:`resolve_train_fn`: the constructor's, else the
+                configuration's). Without any, a triggered run prepares data
+                only (status ``data_ready``, reason ``no train_fn configured``).
             manual: Retrain now regardless of triggers and cooldown (``--trigger``).
             no_train: Prepare the training data and stop (status ``data_ready``).
             dry_run: Train and evaluate (canary included), but neither deploy
@@ -198,7 +209,10 @@ class ContinuousLearningLoop:
         Raises:
             NotFoundError: ``baseline_version`` names no model version; nothing is done.
             LeaseHeld: Another daemon holds the store's lease; nothing is done.
+            ConfigError: ``training.train_fn`` cannot be imported or ``training.lora``
+                is invalid (only when no ``train_fn`` is given); nothing is done.
         """
+        fn = None if no_train else self.resolve_train_fn(train_fn)
         pinned_name = baseline_version if baseline_version is not None else self.config.training.baseline_version
         pinned = self.registry.get(pinned_name) if pinned_name is not None else None
         self.logger.flush()
@@ -206,11 +220,32 @@ class ContinuousLearningLoop:
         self._take_lease()
         try:
             self._record_config()
-            return self._iteration(train_fn, manual=manual, no_train=no_train, dry_run=dry_run, eval_fn=eval_fn,
+            return self._iteration(fn, manual=manual, no_train=no_train, dry_run=dry_run, eval_fn=eval_fn,
                                    pinned=pinned)
         finally:
             if not held_before:  # a standalone iteration (e.g. --trigger) gives the lease back
                 self._release_lease()
+
+    def resolve_train_fn(self, train_fn: TrainFn | None = None) -> TrainFn | None:
+        """The training function a run uses; the daemon command and Python callers get the same one.
+
+        Order: ``train_fn`` (the argument of :meth:`run_iteration` /
+        :meth:`run_loop`, or ``--train-fn``) > the constructor's ``train_fn`` >
+        ``training.train_fn`` (an import path) > ``training.lora`` (the
+        reference LoRA trainer, adapters under ``<data_dir>/adapters``, folder
+        names from this loop's clock) > None (runs prepare data only). The
+        configuration's is resolved once, at the first call.
+
+        Raises:
+            ConfigError: ``training.train_fn`` cannot be imported or ``training.lora`` is invalid.
+        """
+        if train_fn is not None:
+            return train_fn
+        if self.train_fn is not None:
+            return self.train_fn
+        if self._config_train_fn is None:
+            self._config_train_fn = (train_fn_from_config(self.config, clock=self.clock),)
+        return self._config_train_fn[0]
 
     def _take_lease(self) -> None:
         """Acquire or renew the daemon lease; recover the runs of a holder whose lease expired.
@@ -266,10 +301,10 @@ class ContinuousLearningLoop:
             log.info("no retrain: %s", trig.reason)
             return result
         result["retrain_triggered"] = True
-        fn = train_fn if train_fn is not None else self.train_fn
         evaluate = next((f for f in (eval_fn, self.eval_fn, self.config.training.eval_fn) if f is not None), None)
-        result["retrain"] = self.pipeline.run(trig, None if no_train else fn, eval_fn=evaluate, dry_run=dry_run,
-                                              baseline=pinned)
+        data_only = (_NO_TRAIN if no_train else _NO_TRAIN_FN) if train_fn is None else None
+        result["retrain"] = self.pipeline.run(trig, train_fn, eval_fn=evaluate, dry_run=dry_run, baseline=pinned,
+                                              data_only_reason=data_only)
         return result
 
     def _watch_champion(self, now: Any) -> dict[str, Any] | None:
@@ -279,7 +314,13 @@ class ContinuousLearningLoop:
         if check is None:
             return None
         if check.rollback:
-            self.rollback(check.previous, reason=check.reason, actor="drift-monitor")
+            try:
+                self.rollback(check.previous, reason=check.reason, actor="drift-monitor")
+            except NotFoundError as exc:  # its files are gone: keep serving the champion, tell the operator
+                self.monitor.stop()
+                log.error("drift monitor: %s; not rolled back to %s: %s (the watch ended)", check.reason,
+                          check.previous, exc)
+                return {**check.to_dict(), "rollback": False, "rollback_refused": str(exc)}
             log.warning("rolled back to %s: %s", check.previous, check.reason)
         return check.to_dict()
 
@@ -378,15 +419,24 @@ class ContinuousLearningLoop:
 
     # ---- operations ----------------------------------------------------------------------
 
-    def promote(self, name: str, *, reason: str = "manual promotion", actor: str = "operator") -> ModelVersion:
+    def promote(self, name: str, *, reason: str = "manual promotion", actor: str = "operator",
+                force: bool = False) -> ModelVersion:
         """Make version ``name`` champion now; recorded with ``actor``, ``reason``, the time and the prior champion.
 
         A running experiment ends: promoting its challenger concludes it
         (``promote``); promoting any other version retires the challenger
         (``stop``). The training run of ``name`` becomes ``promoted``.
 
+        Args:
+            name: The version.
+            reason: Why (the audit history).
+            actor: Who (the audit history).
+            force: Promote even when the version's ``path`` no longer exists.
+
         Raises:
-            NotFoundError: Unknown version; nothing changes.
+            NotFoundError: Unknown version, or (without ``force``) its recorded
+                ``path`` is gone; nothing changes. A version without a path
+                (e.g. the initial champion without ``champion_model_path``) is allowed.
         """
         exp = self.experiments.active()
         with self.store.write() as conn:
@@ -394,6 +444,8 @@ class ContinuousLearningLoop:
             version = self.registry.promote(name, reason=reason, actor=actor, conn=conn)
             if before is not None and before.name == version.name:
                 return version  # already the champion: nothing changes, a running experiment goes on
+            if not force:
+                _require_files(version)  # raising rolls the whole transaction back
             self.runs.set_outcome(name, RunStatus.PROMOTED, conn=conn)
             self._end_experiment_for(exp, name, f"manual promotion of {name}: {reason}", actor, conn)
         self._invalidate()
@@ -412,7 +464,8 @@ class ContinuousLearningLoop:
         self.experiments.conclude(exp, Decision.STOP, conn=conn)
         self.runs.set_outcome(exp.challenger, RunStatus.REJECTED, conn=conn)
 
-    def rollback(self, name: str | None = None, *, reason: str = "manual rollback", actor: str = "operator") -> ModelVersion:
+    def rollback(self, name: str | None = None, *, reason: str = "manual rollback", actor: str = "operator",
+                 force: bool = False) -> ModelVersion:
         """Restore ``name`` (default: the previous champion) as champion; ends a running experiment.
 
         Recorded in both versions' histories with ``actor``, ``reason``, the
@@ -420,8 +473,15 @@ class ContinuousLearningLoop:
         champion becomes ``rolled_back``; the run of the restored version
         ``promoted``. Idempotent (see :meth:`ModelRegistry.rollback`).
 
+        Args:
+            name: The version (None: the previous champion).
+            reason: Why (the audit history).
+            actor: Who (the audit history).
+            force: Restore it even when its ``path`` no longer exists.
+
         Raises:
-            NotFoundError: Unknown version or no previous champion; nothing changes.
+            NotFoundError: Unknown version, no previous champion, or (without
+                ``force``) the version's recorded ``path`` is gone; nothing changes.
         """
         exp = self.experiments.active()
         with self.store.write() as conn:
@@ -429,6 +489,8 @@ class ContinuousLearningLoop:
             version = self.registry.rollback(name, reason=reason, actor=actor, conn=conn)
             if before is not None and before.name == version.name:
                 return version  # already the champion: nothing changes, a running experiment goes on
+            if not force:
+                _require_files(version)  # raising rolls the whole transaction back
             if before is not None:
                 self.runs.set_outcome(before.name, RunStatus.ROLLED_BACK, conn=conn)
             self.runs.set_outcome(version.name, RunStatus.PROMOTED, conn=conn)
@@ -502,6 +564,15 @@ class ContinuousLearningLoop:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _require_files(version: ModelVersion) -> None:
+    """Refuse to make ``version`` champion when its recorded path is gone (serving it would fail)."""
+    if version.path and not Path(version.path).expanduser().exists():
+        raise NotFoundError(
+            f"model version {version.name!r} has no files at {version.path!r}: its path is gone (deleted or moved); "
+            "nothing changed. Restore the files, or pass --force (force=True) to make it champion anyway"
+        )
 
 
 def _iso(value: Any) -> str | None:

@@ -95,7 +95,10 @@ class TrainingRun:
         model_version: The version it registered, if it was deployed.
         gate: The pre-deployment decision stored on the run: ``baseline_version``,
             ``baseline_pinned``, ``model_path`` and ``canary`` (a
-            :class:`~afs_continuous._canary.CanaryResult` dict) when evaluated.
+            :class:`~afs_continuous._canary.CanaryResult` dict) when evaluated;
+            ``data_only_reason`` (why no train_fn ran) on a ``data_ready`` run;
+            ``data_deleted`` once a deployed run's training files were removed
+            (``keep_training_data`` false; ``to_dict()["data_deleted"]``).
         version: The resulting version now (``name``, ``status``, ``path``,
             ``history``), read from the registry; None when none was registered.
         experiment: Its experiment (``id``, ``decision``, ``reasons``, ``last_evaluation``, ...) or None.
@@ -146,7 +149,8 @@ class TrainingRun:
         if self.status in (RunStatus.GENERATING, RunStatus.TRAINING):
             out["reasons"] = [f"in progress ({self.status.value})"]
         elif self.status is RunStatus.DATA_READY:
-            out["reasons"] = ["training data prepared; no training function was called (--no-train or none configured)"]
+            out["reasons"] = [self.gate.get("data_only_reason")
+                              or "training data prepared; no training function was called (--no-train or none configured)"]
         elif self.status is RunStatus.DRY_RUN:
             out["decided_by"] = "dry run"
             out["would_deploy"] = canary is None or bool(canary.get("passed"))
@@ -183,7 +187,7 @@ class TrainingRun:
             "id": self.id, "status": self.status.value, "trigger": self.trigger, "dry_run": self.dry_run,
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "data_path": self.data_path, "counts": self.counts,
+            "data_path": self.data_path, "data_deleted": bool(self.gate.get("data_deleted")), "counts": self.counts,
             "source_start": self.source_start.isoformat() if self.source_start else None,
             "source_end": self.source_end.isoformat() if self.source_end else None,
             "metrics": self.metrics, "model_version": self.model_version, "model_path": model_path,

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     lora = LoRATrainingConfig(base_model=str(base_dir), output_dir=str(workdir / "adapters"), rank=8, alpha=16,
                               epochs=1, batch_size=8, max_length=256, logging_steps=5, seed=args.seed,
                               device="cpu", **TINY_LORA_SETTINGS)
-    train_fn = make_train_fn(lora, on_log=on_log)
+    train_fn = make_train_fn(lora, on_log=on_log, clock=clock)
     loop = ContinuousLearningLoop(config, clock=clock, train_fn=train_fn)
 
     heading("1. production traffic: the champion answers 805 requests over 24 h")

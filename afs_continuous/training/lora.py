@@ -28,7 +28,6 @@ import os
 import pathlib
 import tempfile
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from enum import StrEnum
@@ -53,6 +52,7 @@ __all__ = [
 logger = logging.getLogger("afs_continuous.training")
 
 LogCallback = Callable[[dict[str, Any]], None]
+Clock = Callable[[], _dt.datetime]
 
 #: LoRA target modules per ``model.config.model_type``; others get "all-linear".
 _TARGETS_BY_MODEL_TYPE: dict[str, list[str]] = {
@@ -119,11 +119,13 @@ class LoRATrainingConfig(BaseModel):
         description="Local directory of the base model and its tokenizer (as written by "
         "save_pretrained). Loaded with local_files_only=True; never downloaded.",
     )
-    output_dir: str = Field(
-        "adapters",
+    output_dir: str | None = Field(
+        None,
         min_length=1,
         description="Parent directory of the runs; each run saves its adapter into a new "
-        "'<UTC timestamp>-<8 hex>' subdirectory of it.",
+        "'<data file name>-<UTC timestamp>' subdirectory of it (e.g. run-00007-20261129T153000Z). "
+        "None: '<data_dir>/adapters' when the loop builds the trainer from training.lora, "
+        "'./adapters' (made absolute) when train_lora is called directly.",
     )
     rank: int = Field(8, gt=0, description="LoRA rank r (dimension of the low-rank update).")
     alpha: int = Field(16, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
@@ -284,6 +286,7 @@ def train_lora(
     config: LoRATrainingConfig | Mapping[str, Any],
     *,
     on_log: LogCallback | None = None,
+    clock: Clock | None = None,
 ) -> dict[str, Any]:
     """Train one LoRA adapter on a chat JSONL file and save it.
 
@@ -305,6 +308,10 @@ def train_lora(
             "learning_rate": float, "epoch": float}``. None: each is logged to
             the ``afs_continuous.training`` logger at INFO (at DEBUG when a
             callback is given).
+        clock (Callable[[], datetime] | None, default None): Current UTC
+            time for the adapter folder's name ``<data file stem>-<UTC
+            %Y%m%dT%H%M%SZ>`` (``-2``, ``-3``, ... appended when it exists);
+            the loop passes its own clock. None: the wall clock.
 
     Returns:
         dict: ``{"model_path": str (the adapter directory), "train_loss":
@@ -356,8 +363,7 @@ def train_lora(
             f"lower learning_rate (now {config.learning_rate})"
         )
 
-    stamp = f"{_dt.datetime.now(_dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    run_dir = pathlib.Path(config.output_dir).expanduser().absolute() / stamp
+    run_dir = _new_run_dir(config, data_path, clock)
     make_private_dirs(run_dir.parent)  # adapters learned from user traffic: owner only
     run_dir.mkdir(mode=0o700)
     # The vocabulary is never resized, so only the LoRA weights need saving (not
@@ -387,6 +393,23 @@ def train_lora(
         run_dir, result["samples"], result["steps"], eval_before, eval_after, result["duration_s"],
     )
     return result
+
+
+def _new_run_dir(config: LoRATrainingConfig, data_path: str | os.PathLike[str], clock: Clock | None) -> pathlib.Path:
+    """``<output_dir>/<data file stem>-<UTC time of clock>``, suffixed ``-2``, ``-3``, ... when taken.
+
+    Deterministic for a given clock (no random part), so runs under a manual
+    clock name their adapters reproducibly.
+    """
+    now = clock() if clock is not None else _dt.datetime.now(_dt.UTC)
+    parent = pathlib.Path(config.output_dir or "adapters").expanduser().absolute()
+    stem = pathlib.Path(data_path).stem or "adapter"
+    base = f"{stem}-{now.astimezone(_dt.UTC):%Y%m%dT%H%M%SZ}"
+    run_dir, n = parent / base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = parent / f"{base}-{n}"
+    return run_dir
 
 
 def _load_base(base_path: pathlib.Path) -> tuple[Any, Any]:
@@ -520,12 +543,14 @@ def _log_callback(emit: LogCallback) -> Any:
 class LoRATrainFn:
     """``train_fn(data_path) -> dict`` for the continuous-learning loop; see :func:`make_train_fn`."""
 
-    def __init__(self, config: LoRATrainingConfig, on_log: LogCallback | None = None) -> None:
+    def __init__(self, config: LoRATrainingConfig, on_log: LogCallback | None = None,
+                 clock: Clock | None = None) -> None:
         self.config = config
         self.on_log = on_log
+        self.clock = clock
 
     def __call__(self, data_path: str | os.PathLike[str]) -> dict[str, Any]:
-        return train_lora(data_path, self.config, on_log=self.on_log)
+        return train_lora(data_path, self.config, on_log=self.on_log, clock=self.clock)
 
     def __repr__(self) -> str:
         cfg = self.config
@@ -533,7 +558,11 @@ class LoRATrainFn:
 
 
 def make_train_fn(
-    config: LoRATrainingConfig | Mapping[str, Any], *, on_log: LogCallback | None = None
+    config: LoRATrainingConfig | Mapping[str, Any],
+    *,
+    on_log: LogCallback | None = None,
+    default_output_dir: str | os.PathLike[str] | None = None,
+    clock: Clock | None = None,
 ) -> LoRATrainFn:
     """Build the ``train_fn(data_path) -> dict`` the continuous-learning loop calls.
 
@@ -546,6 +575,11 @@ def make_train_fn(
             :class:`LoRATrainingConfig`.
         on_log (Callable[[dict], None] | None, default None): Passed to
             :func:`train_lora` on every call.
+        default_output_dir (str | os.PathLike | None, default None): Used
+            when the config has no ``output_dir``; the loop passes
+            ``<data_dir>/adapters`` (made absolute now).
+        clock (Callable[[], datetime] | None, default None): Names the
+            adapter folders (see :func:`train_lora`); the loop passes its clock.
 
     Returns:
         LoRATrainFn: A callable ``train_fn(data_path) -> dict`` returning
@@ -565,7 +599,11 @@ def make_train_fn(
         Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models",
         arXiv 2106.09685; peft docs, https://huggingface.co/docs/peft.
     """
-    return LoRATrainFn(_as_config(config), on_log)
+    validated = _as_config(config)
+    if validated.output_dir is None and default_output_dir is not None:
+        folder = str(pathlib.Path(default_output_dir).expanduser().absolute())
+        validated = validated.model_copy(update={"output_dir": folder})
+    return LoRATrainFn(validated, on_log, clock)
 
 
 def _as_config(config: LoRATrainingConfig | Mapping[str, Any]) -> LoRATrainingConfig:

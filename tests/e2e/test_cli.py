@@ -311,3 +311,31 @@ def test_damaged_pages_with_an_intact_header_exit_1_with_the_path_and_a_hint(tmp
         assert proc.returncode == 1, (cmd, proc.stderr)
         assert "Traceback" not in proc.stderr and str(db) in proc.stderr and ".recover" in proc.stderr, proc.stderr
     assert db.read_bytes() == before
+
+
+SHADOW = '''
+import pathlib
+pathlib.Path(__file__).with_name("SHADOW_RAN_" + __name__).write_text("imported from the current directory")
+raise ImportError("the current directory's " + __name__ + ".py shadowed the installed package")
+'''
+
+
+@pytest.mark.parametrize("entry", ["script", "console", "module", "file"])
+def test_train_fn_import_does_not_let_the_current_directory_shadow_packages(workdir, entry):
+    """Issue 11 item 3: `--train-fn my_training:train_model` finds my_training in the current directory,
+    while a datasketch.py / tqdm.py there never runs (installed packages win)."""
+    import shutil
+
+    (workdir / "my_training.py").write_text(TRAIN_MODULE.replace("def train(", "def train_model("))
+    for fake in ("datasketch", "tqdm", "pyarrow"):
+        (workdir / f"{fake}.py").write_text(SHADOW)
+    _fill(workdir)
+    spec = "./my_training.py:train_model" if entry == "file" else "my_training:train_model"
+    console = shutil.which("afs-continuous-loop") or str(Path(sys.executable).parent / "afs-continuous-loop")
+    command = {"script": DAEMON, "file": DAEMON, "console": [console],
+               "module": [sys.executable, "-m", "afs_continuous.cli", "run"]}[entry]
+    proc = run(command + ["--config", "config.json", "--trigger", "--train-fn", spec, "--json"], workdir,
+               env={"ADAPTERS": str(workdir / "adapters")})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["retrain"]["status"] == "deployed"
+    assert sorted(p.name for p in workdir.glob("SHADOW_RAN_*")) == []

@@ -185,3 +185,39 @@ def test_promote_and_rollback_record_who_why_and_the_prior_champion(ops: Path) -
 
     unknown = run(CLI + ["promote", "nope", "--config", "config.json"], ops)
     assert unknown.returncode == 1 and "unknown model version 'nope' (known versions: base, base-ft1)" in unknown.stderr
+
+
+def test_promote_and_rollback_refuse_a_version_whose_folder_is_gone_unless_forced(ops: Path) -> None:
+    """Issue 11 items 21 and 23: the report says the training file was deleted; promote/rollback to a version
+    whose adapter folder is gone exits 1 with the reason and changes nothing, unless --force."""
+    import shutil
+
+    config = json.loads((ops / "config.json").read_text())
+    config["training"] = {}
+    (ops / "config.json").write_text(json.dumps(config))
+    run(DAEMON + TRAIN + ["--trigger"], ops, env=_env(ops), check=True)
+
+    report = run(CLI + ["report", "1", "--config", "config.json"], ops, check=True).stdout
+    data = json.loads(run(CLI + ["report", "1", "--config", "config.json", "--json"], ops, check=True).stdout)
+    assert not Path(data["data_path"]).exists() and data["data_deleted"] is True
+    assert f"training data    {data['data_path']} (deleted after the run; keep_training_data=false)" in report
+
+    versions = lambda: json.loads(run(CLI + ["versions", "--config", "config.json", "--json"], ops,  # noqa: E731
+                                      check=True).stdout)
+    before = versions()
+    shutil.rmtree(before[1]["path"])
+    refused = run(CLI + ["promote", "base-ft1", "--config", "config.json"], ops)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"model version 'base-ft1' has no files at '{before[1]['path']}'" in refused.stderr
+    assert "--force" in refused.stderr
+    assert versions() == before
+
+    forced = run(CLI + ["promote", "base-ft1", "--force", "--config", "config.json"], ops, check=True)
+    assert forced.stdout.startswith("champion is now base-ft1 (was base)")
+    shutil.rmtree(ops / "adapters-base")
+    after = versions()
+    refused = run(CLI + ["rollback", "--config", "config.json"], ops)
+    assert refused.returncode == 1 and "model version 'base' has no files at" in refused.stderr
+    assert versions() == after
+    run(CLI + ["rollback", "base", "--force", "--config", "config.json"], ops, check=True)
+    assert [v["status"] for v in versions()] == ["champion", "retired"]

@@ -96,6 +96,8 @@ def test_train_fn_raising_fails_the_run_and_keeps_the_champion(tmp_path, clock, 
         ({"model_path": 42}, r"ValueError: train_fn result has no 'model_path'"),
         ("MISSING", r"ValueError: train_fn returned model_path '.*does-not-exist', which does not exist"),
         ("CHAMPION", r"ValueError: train_fn returned the champion's own path '.*champion-weights/'; a new model must be saved elsewhere"),
+        ({"model_path": "/dev/null"},
+         r"ValueError: train_fn returned model_path '/dev/null', which is neither a directory nor a file"),
     ],
 )
 def test_unusable_train_fn_results_fail_with_a_specific_message(tmp_path, clock, make_loop, outcome, message) -> None:
@@ -118,6 +120,48 @@ def test_unusable_train_fn_results_fail_with_a_specific_message(tmp_path, clock,
     assert [v.name for v in loop.registry.list()] == ["base"]
     assert loop.registry.champion().path == str(champion_dir)
     assert loop.experiments.active() is None
+
+
+def test_a_relative_model_path_is_stored_resolved_and_absolute(tmp_path, clock, make_loop, monkeypatch) -> None:
+    """Issue 11 item 4: ``model_path="../../adapters/x"`` is deployed as the absolute, resolved path (the
+    daemon's current directory must not decide later what a version's path means)."""
+    adapter = tmp_path / "adapters" / "x"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    work = tmp_path / "work" / "deep"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+
+    def train_fn(data_path: str) -> dict[str, Any]:
+        return {"model_path": "../../adapters/./x/", "loss": 0.2}
+
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS, generator_config=GEN)
+    log_good(loop, 5)
+    retrain = loop.run_iteration(train_fn, manual=True)["retrain"]
+    assert retrain["status"] == "deployed", retrain
+    expected = str(adapter.resolve())
+    assert retrain["model_path"] == expected and retrain["metrics"]["model_path"] == expected
+    version = loop.registry.get(retrain["model_version"])
+    assert version.path == expected and version.metrics["model_path"] == expected
+    assert loop.runs.get(retrain["run_id"]).to_dict()["model_path"] == expected
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_report_says_when_the_training_data_was_deleted(tmp_path, clock, make_loop, trainer, keep) -> None:
+    """Issue 11 item 21: a report must not list a training file that was cleaned up as if it were there."""
+    from afs_continuous._report import format_run_report
+
+    loop = make_loop(tmp_path, clock, keep_training_data=keep, trigger_config=NO_TRIGGERS, generator_config=GEN)
+    log_good(loop, 5)
+    retrain = loop.run_iteration(trainer, manual=True)["retrain"]
+    assert retrain["status"] == "deployed"
+    report = loop.runs.get(retrain["run_id"]).to_dict()
+    assert Path(report["data_path"]).exists() is keep
+    assert report["data_deleted"] is (not keep)
+    text = format_run_report(report)
+    line = next(x for x in text.splitlines() if x.strip().startswith("training data"))
+    note = "(deleted after the run; keep_training_data=false)"
+    assert line.strip() == f"training data    {report['data_path']}" + ("" if keep else f" {note}")
 
 
 def test_hanging_train_fn_times_out(tmp_path, clock, make_loop) -> None:
@@ -153,7 +197,71 @@ def test_no_train_prepares_data_only(tmp_path, clock, make_loop, trainer) -> Non
 def test_without_any_train_fn_the_run_is_data_ready(tmp_path, clock, make_loop) -> None:
     loop = make_loop(tmp_path, clock, trigger_config=COUNT_5, generator_config=GEN)
     log_good(loop, 5)
-    assert loop.run_iteration()["retrain"]["status"] == "data_ready"
+    retrain = loop.run_iteration()["retrain"]
+    assert retrain["status"] == "data_ready"
+    # issue 11 item 17: said in the result and in the run's report, not silently
+    assert retrain["reason"].startswith("no train_fn configured: data prepared only")
+    assert loop.runs.get(retrain["run_id"]).decision["reasons"] == [retrain["reason"]]
+
+
+def test_no_train_says_why_no_train_fn_ran(tmp_path, clock, make_loop, trainer) -> None:
+    loop = make_loop(tmp_path, clock, train_fn=trainer, trigger_config=NO_TRIGGERS, generator_config=GEN)
+    log_good(loop, 5)
+    retrain = loop.run_iteration(manual=True, no_train=True)["retrain"]
+    assert retrain["reason"] == "no_train: training data prepared, train_fn not called"
+    assert loop.runs.get(retrain["run_id"]).decision["reasons"] == [retrain["reason"]]
+
+
+USER_TRAINING = """
+import json, pathlib
+
+def train(data_path):
+    out = pathlib.Path(data_path).parent.parent / "my-adapters" / pathlib.Path(data_path).stem
+    out.mkdir(parents=True)
+    (out / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    return {"model_path": str(out), "loss": 0.5}
+"""
+
+
+@pytest.mark.parametrize("form", ["file", "module"])
+def test_training_train_fn_of_the_config_is_used_from_python(tmp_path, clock, make_loop, monkeypatch, form) -> None:
+    """Issue 11 item 17: the loop resolves training.train_fn itself (as the CLI does), so run_iteration()
+    from Python trains with it instead of ending data_ready."""
+    folder = tmp_path / "user"
+    folder.mkdir()
+    (folder / "user_training_c2.py").write_text(USER_TRAINING)
+    monkeypatch.chdir(folder)
+    spec = f"{folder / 'user_training_c2.py'}:train" if form == "file" else "user_training_c2:train"
+    loop = make_loop(tmp_path, clock, training={"train_fn": spec}, trigger_config=NO_TRIGGERS, generator_config=GEN)
+    log_good(loop, 5)
+    retrain = loop.run_iteration(manual=True)["retrain"]
+    assert retrain["status"] == "deployed", retrain
+    assert retrain["model_path"] == str(tmp_path / "data" / "my-adapters" / "run-00001")
+    assert loop.resolve_train_fn().__name__ == "train"
+
+
+def test_train_fn_order_argument_constructor_config(tmp_path, clock, make_loop, trainer) -> None:
+    def other(data_path: str) -> dict[str, Any]:
+        raise AssertionError("not this one")
+
+    loop = make_loop(tmp_path, clock, train_fn=trainer, training={"train_fn": "json:dumps"})
+    assert loop.resolve_train_fn() is trainer
+    assert loop.resolve_train_fn(other) is other
+    bare = make_loop(tmp_path / "b", clock, training={"train_fn": "json:dumps"})
+    import json
+
+    assert bare.resolve_train_fn() is json.dumps
+
+
+def test_a_train_fn_in_the_config_that_cannot_be_imported_raises_config_error(tmp_path, clock, make_loop) -> None:
+    from afs_continuous.errors import ConfigError
+
+    loop = make_loop(tmp_path, clock, training={"train_fn": "no_such_module_c2:train"}, trigger_config=NO_TRIGGERS,
+                     generator_config=GEN)
+    log_good(loop, 5)
+    with pytest.raises(ConfigError, match=r"cannot import train function \(training.train_fn\) module 'no_such_module_c2'"):
+        loop.run_iteration(manual=True)
+    assert loop.runs.list() == []  # nothing was done
 
 
 def test_dry_run_trains_but_deploys_nothing(tmp_path, clock, make_loop, trainer) -> None:

@@ -263,3 +263,42 @@ def test_missing_base_model_raises_training_error_naming_the_path(chat_data: Pat
     config = LoRATrainingConfig(base_model=str(missing), output_dir=str(tmp_path / "out"), device="cpu")
     with pytest.raises(TrainingError, match="base model directory not found: .*no-such-model"):
         train_lora(chat_data, config)
+
+
+def test_training_lora_in_a_loop_config_trains_from_python_under_the_data_folder(
+    tiny_model: Path, rows: list[dict[str, Any]], tmp_path: Path, clock: Any, make_loop: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 11 items 17 and 20: ``LoopConfig(training={"lora": ...})`` trains from ``run_iteration()``; the
+    adapters go under ``<data_dir>/adapters`` (not the current directory), named from the loop's clock."""
+    monkeypatch.chdir(tmp_path)
+    lora = {"base_model": str(tiny_model), "max_steps": 2, "validation_fraction": 0, "max_length": 64,
+            "batch_size": 4, "device": "cpu"}
+    loop = make_loop(tmp_path, clock, training={"lora": lora},
+                     trigger_config={"min_new_samples": None, "schedule_interval_hours": None,
+                                     "quality_drop_threshold": None},
+                     generator_config={"min_samples": 5, "include_existing_data": False})
+    for r in rows[:8]:
+        loop.record_feedback(loop.log_usage(r["instruction"][:200], r["output"][:300], "base", quality_score=0.9), 1)
+    assert loop.logger.flush(timeout_s=30)
+    retrain = loop.run_iteration(manual=True)["retrain"]
+    assert retrain["status"] == "deployed", retrain
+    adapter = Path(retrain["model_path"])
+    assert adapter == tmp_path / "data" / "adapters" / f"run-00001-{clock():%Y%m%dT%H%M%SZ}"
+    assert (adapter / "adapter_config.json").is_file()
+    assert not (tmp_path / "adapters").exists()
+
+
+def test_adapter_folders_are_named_from_the_clock_and_never_reused(tiny_model: Path, chat_data: Path,
+                                                                    tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    from afs_continuous.training.lora import make_train_fn
+
+    now = datetime(2026, 11, 29, 15, 30, tzinfo=timezone.utc)
+    train_fn = make_train_fn({"base_model": str(tiny_model), "max_steps": 1, "validation_fraction": 0,
+                              "max_length": 32, "batch_size": 4, "device": "cpu"},
+                             default_output_dir=tmp_path / "adapters", clock=lambda: now)
+    first, second = train_fn(str(chat_data))["model_path"], train_fn(str(chat_data))["model_path"]
+    assert first == str(tmp_path / "adapters" / "train-20261129T153000Z")
+    assert second == first + "-2"

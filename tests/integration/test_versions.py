@@ -409,6 +409,48 @@ def test_manual_promote_and_rollback_are_audited_and_reach_the_reports(canary_lo
     assert snapshot(loop) == before
 
 
+def test_promote_and_rollback_refuse_a_version_whose_files_are_gone_unless_forced(canary_loop, golden, log_rows,
+                                                                                    clock) -> None:
+    """Issue 11 item 23: making a version champion whose adapter folder was deleted would serve from nothing."""
+    import shutil
+
+    loop = canary_loop()
+    first = loop.run_iteration(manual=True)["retrain"]
+    ft1 = loop.registry.get("base-ft1")
+    shutil.rmtree(ft1.path)
+    before = snapshot(loop)
+    with pytest.raises(NotFoundError, match=r"model version 'base-ft1' has no files at '.*': its path is gone.*force"):
+        loop.promote("base-ft1", actor="alice")
+    assert snapshot(loop) == before  # nothing changed, the experiment still runs
+    assert loop.experiments.active() is not None
+
+    forced = loop.promote("base-ft1", actor="alice", reason="files restored elsewhere", force=True)
+    assert forced.is_champion and loop.runs.get(first["run_id"]).status is RunStatus.PROMOTED
+
+    # rollback to the initial champion: its folder (champion_model_path) is gone too
+    base_path = loop.registry.get("base").path
+    assert base_path
+    shutil.rmtree(base_path)
+    before = snapshot(loop)
+    with pytest.raises(NotFoundError, match=r"model version 'base' has no files at"):
+        loop.rollback(actor="bob")
+    with pytest.raises(NotFoundError, match=r"model version 'base' has no files at"):
+        loop.rollback("base", actor="bob")
+    assert snapshot(loop) == before
+    assert loop.rollback(actor="bob", force=True).name == "base"
+
+
+def test_a_version_without_a_path_can_be_promoted_and_restored(tmp_path, clock, make_loop, trainer) -> None:
+    loop = make_loop(tmp_path, clock, train_fn=trainer, trigger_config=NO_TRIGGERS, generator_config=GEN)
+    assert loop.registry.get("base").path is None
+    for i in range(5):
+        loop.record_feedback(loop.log_usage(f"question {i}", f"answer {i}", "base", quality_score=0.9), 1)
+    assert loop.logger.flush(timeout_s=30)
+    assert loop.run_iteration(manual=True)["retrain"]["status"] == "deployed"
+    assert loop.promote("base-ft1").is_champion
+    assert loop.rollback().name == "base"  # no path recorded: nothing to check
+
+
 def test_runs_are_listed_newest_first_and_filtered_by_status(canary_loop, golden, lookup) -> None:
     loop = canary_loop(GATE)
     lookup.forget = set(golden.queries)
@@ -496,6 +538,41 @@ def test_the_report_carries_the_experiment_promotion_and_the_drift_rollback(quic
     assert report["decision"]["decided_by"] == "drift-monitor" and report["decision"]["action"] == "rolled_back"
     assert report["decision"]["reasons"][0].startswith(f"{CHALLENGER} dropped significantly after promotion")
     assert loop.registry.champion().name == CHAMPION
+
+
+def test_the_drift_monitor_does_not_roll_back_to_a_version_whose_files_are_gone(
+        tmp_path, clock, make_loop, trainer, alpaca, log_rows, caplog) -> None:
+    """Issue 11 item 23: the automatic rollback follows the same rule as the operator's (no --force): it keeps
+    the champion, says why at error level, and ends the watch instead of failing every iteration."""
+    import shutil
+
+    base_weights = tmp_path / "base-weights"
+    base_weights.mkdir()
+    loop = make_loop(tmp_path, clock, train_fn=trainer, champion_model=CHAMPION, champion_model_path=str(base_weights),
+                     trigger_config=NO_TRIGGERS, generator_config=GEN,
+                     ab_test_config={"min_samples_per_arm": 150, "min_duration_hours": 2,
+                                     "initial_challenger_traffic": 0.5, "rollback_watch_hours": 24})
+    clock.advance(hours=-1)
+    log_rows(loop, [r for r in alpaca(CHAMPION) if r["preference"] > 1.7][:20], CHAMPION)
+    clock.advance(hours=1)
+    assert loop.run_iteration(manual=True)["retrain"]["model_version"] == CHALLENGER
+    t0 = clock()
+    _replay(loop, clock, {CHAMPION: alpaca(CHAMPION), CHALLENGER: alpaca("FuseChat-Llama-3.1-8B")}, 3000, hours=3)
+    clock.set(t0 + timedelta(hours=3))
+    assert loop.run_iteration()["experiment"]["decision"] == "promote"
+
+    shutil.rmtree(base_weights)
+    _replay(loop, clock, {CHALLENGER: alpaca("FuseChat-Llama-3.2-1B")}, 600, hours=2, start=5000)
+    result = loop.run_iteration()
+    drift = result["drift"]
+    assert drift["rollback"] is False
+    from afs_continuous._report import format_iteration
+
+    assert f"  NOT ROLLED BACK: model version {CHAMPION!r} has no files at" in format_iteration(result)
+    assert drift["rollback_refused"].startswith(f"model version {CHAMPION!r} has no files at")
+    assert loop.registry.champion().name == CHALLENGER
+    assert "not rolled back to" in caplog.text and loop.monitor.active() is None
+    assert loop.run_iteration()["drift"] is None  # the watch ended: no error on every later iteration
 
 
 def test_the_report_carries_an_experiment_stop(quick_experiment, clock, alpaca) -> None:
