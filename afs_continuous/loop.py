@@ -98,9 +98,7 @@ class ContinuousLearningLoop:
                                         self.triggers, on_deploy=self._invalidate, is_leader=self.lease.holds)
         self._lease_held = False
         self._route_cache: tuple[float, ModelVersion, ModelVersion | None, Any] | None = None
-        with self.store.write() as conn:
-            if self.store.get_state("first_start_at", conn=conn) is None:
-                self.store.set_state("first_start_at", clock(), conn=conn)
+        self.store.setdefault_state("first_start_at", clock())  # atomic: many workers may open a new store at once
         self.registry.ensure_champion(cfg.champion_model, cfg.champion_model_path)
 
     # ---- inference side ------------------------------------------------------------------
