@@ -57,6 +57,7 @@ def format_status(summary: Mapping[str, Any]) -> str:
         "afs_continuous status",
         f"  store            {summary['store']}",
         f"  now              {s['now']}",
+        f"  daemon lease     {_lease_text(summary.get('lease'))}",
         "",
         "Usage",
         f"  records          {u['total']}",
@@ -105,6 +106,18 @@ def format_status(summary: Mapping[str, Any]) -> str:
             lines.append(f"  #{r['id']:<4} {r['started_at'][:16]}  {r['trigger']:<13} {r['status']:<11}{extra}"
                          + (f"  ({why[:90]})" if why else ""))
     return "\n".join(lines)
+
+
+def _lease_text(lease: Mapping[str, Any] | None) -> str:
+    """The daemon lease on one line: holder, since, until, and whether its process runs."""
+    if not lease:
+        return "none (no daemon running)"
+    if lease.get("expired"):
+        state = "expired: the next daemon takes over"
+    else:
+        state = {True: "process running", False: "process gone: the next daemon on this host takes over at once",
+                 None: "on another host"}[lease.get("holder_alive")]
+    return f"{lease['holder']}  (acquired {lease['acquired_at']}, expires {lease['expires_at']}; {state})"
 
 
 def _first_reason(run: Mapping[str, Any]) -> str:
