@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlmodel import Field, SQLModel, create_engine
 
+from ._alembic_log import quiet_alembic
 from .errors import SchemaVersionError, StoreError
 
 __all__ = [
@@ -303,6 +304,7 @@ class Store:
             cfg.attributes["connection"] = conn
         return cfg
 
+    @quiet_alembic()
     def schema_revision(self, conn: Connection | None = None) -> str | None:
         """The Alembic revision of this store (None for an empty store)."""
         from alembic.runtime.migration import MigrationContext
@@ -312,6 +314,7 @@ class Store:
         with self.engine.connect() as c:
             return MigrationContext.configure(c).get_current_revision()
 
+    @quiet_alembic()
     def _prepare_schema(self, auto_upgrade: bool) -> None:
         """Create or upgrade the schema under a lock, so concurrent openers upgrade it once.
 
