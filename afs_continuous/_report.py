@@ -28,8 +28,10 @@ def format_evaluation(ev: Mapping[str, Any]) -> list[str]:
     a, b = ev["champion"], ev["challenger"]
     lines = [
         f"  decision: {ev['decision'].upper()} after {ev['elapsed_hours']:.1f} h ({ev['metric']})",
-        f"  champion   {a['model']:<24} n={a['n']:<6} mean={_num(a['mean'])}  served={a['n_served']}",
-        f"  challenger {b['model']:<24} n={b['n']:<6} mean={_num(b['mean'])}  served={b['n_served']}",
+        f"  champion   {a['model']:<24} units={a['n']:<6} mean={_num(a['mean'])}  requests={a['n_served']}",
+        f"  challenger {b['model']:<24} units={b['n']:<6} mean={_num(b['mean'])}  requests={b['n_served']}",
+        "  (units: users, or requests without a unit_id, with a score; a unit's requests are averaged into one "
+        "sample; requests: every request served)",
     ]
     cmp = ev.get("comparison")
     if cmp:

@@ -52,6 +52,26 @@ def test_demo_runs_the_whole_loop(tmp_path, alpaca_dir):
     assert "champion         fusechat-3b-ft1" in out
     adapters = list((tmp_path / "demo" / "adapters").iterdir())
     assert len(adapters) == 1 and (adapters[0] / "adapter_config.json").exists()
+    # the explanation comes before the loss lines it explains
+    lines = out.splitlines()
+    first_loss = next(i for i, line in enumerate(lines) if line.strip().startswith("step"))
+    assert lines.index("trigger: sample_count: 357 eligible samples >= 300") < first_loss
+    assert next(i for i, line in enumerate(lines) if line.startswith("training data:")) < first_loss
+    assert "the LoRA trainer holds out 10% of these lines itself" in out
+    assert "done in " in out and " s of it LoRA training" in out
+    assert "units=" in out and "requests=" in out and "units are users" in out  # n vs served, labelled
+    _assert_readme_ab_figures_reproduced(out)
+
+
+def _assert_readme_ab_figures_reproduced(out: str) -> None:
+    """Issue 11 item 19: the demo is seeded (traffic, training, A/B assignment), so its A/B figures are those of
+    the run the README shows: every hourly and guardrail line of the README's demo output, verbatim."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = [line for line in readme.split("Shortened output:")[1].split("```")[1].splitlines()
+             if line.startswith(("  hour", "  guardrail", "  champion ", "  challenger "))]
+    assert len(shown) >= 4, shown
+    missing = [line for line in shown if line not in out.splitlines()]
+    assert not missing, f"README lines not reproduced by the seeded demo: {missing}"
 
 
 def test_demo_without_data_says_where_to_get_it_and_exits_nonzero(tmp_path):
