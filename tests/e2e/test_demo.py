@@ -67,7 +67,7 @@ def _assert_readme_ab_figures_reproduced(out: str) -> None:
     """Issue 11 item 19: the demo is seeded (traffic, training, A/B assignment), so its A/B figures are those of
     the run the README shows: every hourly and guardrail line of the README's demo output, verbatim."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    shown = [line for line in readme.split("Shortened output:")[1].split("```")[1].splitlines()
+    shown = [line for line in readme.split("Shortened output of `--seed 0`:")[1].split("```")[1].splitlines()
              if line.startswith(("  hour", "  guardrail", "  champion ", "  challenger "))]
     assert len(shown) >= 4, shown
     missing = [line for line in shown if line not in out.splitlines()]
