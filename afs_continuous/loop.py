@@ -367,13 +367,15 @@ class ContinuousLearningLoop:
             signals.received = signals.received or signal.SIGINT
         finally:
             held = self._lease_held
-            self._release_lease()
-            self._stop.clear()  # a later run_loop() starts afresh; a stop() before this call was honoured
-            how = {signal.SIGINT: "interrupted", signal.SIGTERM: "received SIGTERM"}.get(signals.received or 0)
-            if how is not None:
-                (log.warning if signals.received == signal.SIGINT else log.info)(
-                    "%s; stopping%s", how, " (lease released)" if held else "")
-            signals.restore()  # a SIGTERM goes on to the previous handler (by default: flush and terminate)
+            try:
+                self._release_lease()
+            finally:
+                how = {signal.SIGINT: "interrupted", signal.SIGTERM: "received SIGTERM"}.get(signals.received or 0)
+                if how is not None:
+                    (log.warning if signals.received == signal.SIGINT else log.info)(
+                        "%s; stopping%s", how, " (lease released)" if held and not self._lease_held else "")
+                signals.restore()  # a SIGTERM goes on to the previous handler (by default: flush and terminate)
+                self._stop.clear()  # a later run_loop() starts afresh; a stop() before this call was honoured
         return n
 
     def _wait_for_lease(self, wait: bool) -> None:
