@@ -90,6 +90,7 @@ def test_a_fixed_assignment_seed_reproduces_the_split(tmp_path, clock, make_loop
     arms, seeds = [], []
     for k in range(2):
         loop = make_loop(tmp_path / f"store{k}", clock, train_fn=trainer, trigger_config=NO_TRIGGERS,
+                         database_url=None,  # two separate stores (SQLite files) on every backend
                          ab_test_config={"assignment_seed": "demo-0"}, generator_config={"min_samples": 10})
         log_rows(loop, good_rows[:20], "base")
         assert loop.run_iteration(manual=True)["retrain"]["status"] == "deployed"
