@@ -258,7 +258,9 @@ class RetrainPipeline:
                 if replaced is not None:  # a manual run while a challenger was under test replaces it
                     self.runs.set_outcome(replaced.challenger, RunStatus.REJECTED, conn=conn)
                 if ab:
-                    exp = self.experiments.start(champion.name if champion else self.config.champion_model, name, conn=conn)
+                    fixed = self.config.ab_test_config.assignment_seed
+                    exp = self.experiments.start(champion.name if champion else self.config.champion_model, name,
+                                                 seed=None if fixed is None else f"{fixed}:{name}", conn=conn)
                     report["experiment_id"] = exp.id
                 self.generator.mark_trained(gen, run_id, conn=conn)  # streamed from the result's spool, in batches
                 grace = timedelta(hours=self.config.generator_config.late_arrival_hours)

@@ -28,8 +28,10 @@ def format_evaluation(ev: Mapping[str, Any]) -> list[str]:
     a, b = ev["champion"], ev["challenger"]
     lines = [
         f"  decision: {ev['decision'].upper()} after {ev['elapsed_hours']:.1f} h ({ev['metric']})",
-        f"  champion   {a['model']:<24} n={a['n']:<6} mean={_num(a['mean'])}  served={a['n_served']}",
-        f"  challenger {b['model']:<24} n={b['n']:<6} mean={_num(b['mean'])}  served={b['n_served']}",
+        f"  champion   {a['model']:<24} units={a['n']:<6} mean={_num(a['mean'])}  requests={a['n_served']}",
+        f"  challenger {b['model']:<24} units={b['n']:<6} mean={_num(b['mean'])}  requests={b['n_served']}",
+        "  (units: users, or requests without a unit_id, with a score; a unit's requests are averaged into one "
+        "sample; requests: every request served)",
     ]
     cmp = ev.get("comparison")
     if cmp:
@@ -58,6 +60,7 @@ def format_status(summary: Mapping[str, Any]) -> str:
         f"  store            {summary['store']}",
         *_configuration_line(summary.get("configuration")),
         f"  now              {s['now']}",
+        f"  daemon lease     {_lease_text(summary.get('lease'))}",
         "",
         "Usage",
         f"  records          {u['total']}",
@@ -122,6 +125,18 @@ def _configuration_line(info: Mapping[str, Any] | None) -> list[str]:
         text = "defaults and environment (" + (info.get("note") or
                                                "no daemon has recorded its configuration in this store") + ")"
     return [f"  configuration    {text}"]
+
+
+def _lease_text(lease: Mapping[str, Any] | None) -> str:
+    """The daemon lease on one line: holder, since, until, and whether its process runs."""
+    if not lease:
+        return "none (no daemon running)"
+    if lease.get("expired"):
+        state = "expired: the next daemon takes over"
+    else:
+        state = {True: "process running", False: "process gone: the next daemon on this host takes over at once",
+                 None: "on another host"}[lease.get("holder_alive")]
+    return f"{lease['holder']}  (acquired {lease['acquired_at']}, expires {lease['expires_at']}; {state})"
 
 
 def _first_reason(run: Mapping[str, Any]) -> str:

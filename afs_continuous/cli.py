@@ -228,8 +228,7 @@ def daemon_command(config_path: str | None, db: str | None, show_status: bool, t
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
         def _stop(signum: int, _frame: Any) -> None:
-            log.info("received %s: stopping after the current step", signal.Signals(signum).name)
-            loop.stop()
+            loop.stop()  # run_loop's own handlers say so; this one makes SIGTERM end the daemon with exit 0
 
         for sig in previous:
             signal.signal(sig, _stop)

@@ -305,6 +305,9 @@ class ABTestConfig(_Config):
     guardrail_negative_feedback_margin: StrictFloat | None = Field(
         0.10, gt=0, description="Guardrail: stop the challenger when its negative-feedback rate is significantly more than this fraction above the champion's (relative; None disables)."
     )
+    assignment_seed: str | None = Field(
+        None, min_length=1, description="Fixed seed of the unit-to-arm assignment, for reproducible replays and demos: each experiment hashes units with '<assignment_seed>:<challenger name>', so a rerun routes every unit the same way and a new experiment still reshuffles units. None: a random seed per experiment."
+    )
     rollback_watch_hours: StrictFloat | None = Field(
         72.0, gt=0, description="After a promotion, compare the new champion with the previous champion's level for this long; a significant drop rolls back (None disables)."
     )

@@ -6,7 +6,11 @@ heartbeat thread during a long training run). A second daemon on the same
 store finds the lease held and waits or exits; it never retrains
 concurrently. A crashed holder does not block forever: its lease expires
 after ``ttl_s`` seconds and the next daemon takes over (and marks the crashed
-daemon's unfinished training run ``interrupted``).
+daemon's unfinished training run ``interrupted``). A holder on this host
+whose process is gone (``kill -9``, OOM) is taken over at once, without
+waiting for the expiry: the holder id starts with ``host:pid`` (this assumes
+host names are unique per process namespace, as they are for hosts and
+containers with their own host name).
 
 Lease times use the wall clock (a lease is about real process liveness), not
 the loop's injectable clock; tests pass their own ``clock``.
@@ -15,6 +19,8 @@ the loop's injectable clock; tests pass their own ``clock``.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,7 +33,7 @@ from .clock import Clock, utc_now
 from .runs import owner_id
 from .store import DaemonLease, Store
 
-__all__ = ["Lease", "LeaseHeld", "LeaseInfo"]
+__all__ = ["Lease", "LeaseHeld", "LeaseInfo", "holder_alive"]
 
 log = logging.getLogger("afs_continuous")
 L = DaemonLease.__table__  # type: ignore[attr-defined]
@@ -46,6 +52,26 @@ class LeaseInfo:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "holder": self.holder, "acquired_at": self.acquired_at.isoformat(),
                 "renewed_at": self.renewed_at.isoformat(), "expires_at": self.expires_at.isoformat()}
+
+
+def holder_alive(holder: str) -> bool | None:
+    """Whether the process named by a holder id (``host:pid[:...]``) still runs.
+
+    Returns:
+        True or False for a holder on this host (``os.kill(pid, 0)``); None when
+        the holder is on another host or its id names no pid (cannot tell).
+    """
+    host, _, rest = holder.partition(":")
+    pid = rest.split(":", 1)[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
 
 
 class LeaseHeld(RuntimeError):
@@ -115,7 +141,10 @@ class Lease:
                 return LeaseInfo(self.name, self.holder, now, now, expires)
             info = LeaseInfo(**row._mapping)
             if info.holder != self.holder and info.expires_at > now:
-                return None
+                if holder_alive(info.holder) is not False:
+                    return None
+                log.warning("took over the daemon lease of %s: its process is gone (lease valid until %s)",
+                            info.holder, info.expires_at.isoformat())
             acquired = info.acquired_at if info.holder == self.holder else now
             if info.holder != self.holder:
                 self.taken_over = info
@@ -131,6 +160,19 @@ class Lease:
             assert current is not None  # held, so present
             raise LeaseHeld(current)
         return info
+
+    def status(self) -> dict[str, Any] | None:
+        """The lease for status displays, or None when no daemon holds it.
+
+        Returns:
+            ``{"name", "holder", "acquired_at", "renewed_at", "expires_at"`` (ISO
+            8601 UTC), ``"expired": bool, "holder_alive": bool | None}``
+            (``holder_alive`` None: the holder runs on another host).
+        """
+        info = self.current()
+        if info is None:
+            return None
+        return {**info.to_dict(), "expired": info.expires_at <= self.clock(), "holder_alive": holder_alive(info.holder)}
 
     def holds(self, conn: Any = None) -> bool:
         """True when this process holds the lease and it has not expired (checked in ``conn``'s transaction)."""

@@ -20,10 +20,14 @@ training-run reports.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
 import secrets
+import signal
 import threading
 import time
+import weakref
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -31,6 +35,7 @@ from typing import Any, Callable, Mapping
 from ._canary import EvalFn
 from ._imports import train_fn_from_config
 from ._pipeline import RetrainPipeline, TrainFn
+from ._signals import StopSignals
 from .clock import Clock, utc_now
 from .config import LoopConfig, config_record
 from .errors import NotFoundError
@@ -112,10 +117,11 @@ class ContinuousLearningLoop:
         self.pipeline = RetrainPipeline(cfg, self.store, self.registry, self.experiments, self.generator, self.runs,
                                         self.triggers, on_deploy=self._invalidate, is_leader=self.lease.holds)
         self._lease_held = False
+        self._busy = False  # run_loop is inside an iteration (for the signal handler's message)
+        self._release_at_exit = functools.partial(_release_at_exit, weakref.ref(self))
+        atexit.register(self._release_at_exit)  # a lease still held at interpreter exit is given back
         self._route_cache: tuple[float, ModelVersion, ModelVersion | None, Any] | None = None
-        with self.store.write() as conn:
-            if self.store.get_state("first_start_at", conn=conn) is None:
-                self.store.set_state("first_start_at", clock(), conn=conn)
+        self.store.setdefault_state("first_start_at", clock())  # atomic: many workers may open a new store at once
         self.registry.ensure_champion(cfg.champion_model, cfg.champion_model_path)
 
     # ---- inference side ------------------------------------------------------------------
@@ -354,11 +360,23 @@ class ContinuousLearningLoop:
 
         The loop holds the store's daemon lease (see :mod:`afs_continuous.lease`)
         from start to end, renewed every iteration and by a heartbeat thread, so
-        a second daemon on the same store never acts concurrently.
+        a second daemon on the same store never acts concurrently. It gives the
+        lease back however it ends: :meth:`stop`, ``max_iterations``, an
+        exception, SIGTERM, Ctrl-C (and at interpreter exit).
 
         An iteration that raises is logged and the loop goes on. The wait
         between iterations ends early on :meth:`stop` (also when :meth:`stop`
         was called before this method started).
+
+        Signals (when called in the main thread): SIGTERM and SIGINT stop the
+        loop, at once between checks, else after the current step (a second
+        signal interrupts the step; its training run is recorded
+        ``interrupted``). Ctrl-C returns normally after one line on the
+        ``afs_continuous`` logger, ``interrupted; stopping (lease released)``,
+        instead of a ``KeyboardInterrupt`` traceback. After SIGTERM the signal
+        is delivered again to the handler in place before the call: by
+        default the process then flushes its usage loggers and terminates with
+        the SIGTERM status; install a handler of your own to carry on instead.
 
         Args:
             train_fn: Training function (default: the constructor's).
@@ -378,10 +396,13 @@ class ContinuousLearningLoop:
             LeaseHeld: Another live daemon holds the lease (and ``wait_for_lease`` is False).
         """
         n = 0
-        if not self._stop.is_set():
-            self._wait_for_lease(wait_for_lease)
+        signals = StopSignals(self.stop, lambda: self._busy)
+        signals.install()
         try:
+            if not self._stop.is_set():
+                self._wait_for_lease(wait_for_lease)
             while not self._stop.is_set():
+                self._busy = True
                 try:
                     result = self.run_iteration(train_fn, no_train=no_train, dry_run=dry_run, eval_fn=eval_fn,
                                                 baseline_version=baseline_version)
@@ -391,13 +412,25 @@ class ContinuousLearningLoop:
                     raise  # lost to another daemon (our lease expired): stop, never act concurrently
                 except Exception:  # noqa: BLE001 - the daemon keeps running
                     log.exception("iteration failed; retrying at the next check")
+                finally:
+                    self._busy = False
                 n += 1
                 if max_iterations is not None and n >= max_iterations:
                     break
                 self._stop.wait(self.config.check_interval_seconds)
+        except KeyboardInterrupt:  # Ctrl-C before our handler, or a second signal (Interrupted)
+            signals.received = signals.received or signal.SIGINT
         finally:
-            self._release_lease()
-            self._stop.clear()  # a later run_loop() starts afresh; a stop() before this call was honoured
+            held = self._lease_held
+            try:
+                self._release_lease()
+            finally:
+                how = {signal.SIGINT: "interrupted", signal.SIGTERM: "received SIGTERM"}.get(signals.received or 0)
+                if how is not None:
+                    (log.warning if signals.received == signal.SIGINT else log.info)(
+                        "%s; stopping%s", how, " (lease released)" if held and not self._lease_held else "")
+                signals.restore()  # a SIGTERM goes on to the previous handler (by default: flush and terminate)
+                self._stop.clear()  # a later run_loop() starts afresh; a stop() before this call was honoured
         return n
 
     def _wait_for_lease(self, wait: bool) -> None:
@@ -506,8 +539,11 @@ class ContinuousLearningLoop:
             "status": {total_retrains, champion_model, challenger_model,
             challenger_traffic, last_training_at, cooldown_until,
             next_scheduled_at, eligible_samples, min_new_samples, ...},
-            "experiment": {...} | None, "training_runs": [...], "store": url}``
-            (``store``: the URL with its password hidden).
+            "experiment": {...} | None, "training_runs": [...], "store": url,
+            "lease": {holder, acquired_at, renewed_at, expires_at, expired,
+            holder_alive} | None}`` (``store``: the URL with its password hidden;
+            ``lease``: the daemon lease, None when no daemon holds it;
+            ``holder_alive`` None when the holder is on another host).
         """
         now = self.clock()
         usage = self.logger.get_statistics()
@@ -550,11 +586,13 @@ class ContinuousLearningLoop:
             "experiment": exp.to_dict() if exp else None,
             "promotion_watch": self.monitor.active(),
             "training_runs": [r.to_dict() for r in self.runs.list(limit=5)],
+            "lease": self.lease.status(),
             "store": self.store.display_url,
         }
 
     def close(self) -> None:
         """Flush pending records, give back the daemon lease if held, close every store connection. Idempotent."""
+        atexit.unregister(self._release_at_exit)
         self._release_lease()
         self.logger.close()
         self.store.dispose()
@@ -573,6 +611,15 @@ def _require_files(version: ModelVersion) -> None:
             f"model version {version.name!r} has no files at {version.path!r}: its path is gone (deleted or moved); "
             "nothing changed. Restore the files, or pass --force (force=True) to make it champion anyway"
         )
+
+
+def _release_at_exit(ref: "weakref.ref[ContinuousLearningLoop]") -> None:
+    loop = ref()
+    if loop is not None:
+        try:
+            loop._release_lease()
+        except Exception:  # noqa: BLE001 - at exit the lease expires on its own if the store is gone
+            log.warning("could not give back the daemon lease at exit; it expires after lease_ttl_s")
 
 
 def _iso(value: Any) -> str | None:

@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Mapping
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.engine import Connection
 
 from .clock import Clock, utc_now
@@ -154,8 +154,15 @@ class ModelRegistry:
     # ---- writes ------------------------------------------------------------------------
 
     def ensure_champion(self, name: str, path: str | None = None) -> ModelVersion:
-        """Register ``name`` as champion if the registry has no champion yet; return the champion."""
+        """Register ``name`` as champion if the registry has no champion yet; return the champion.
+
+        Safe when several processes open a new store at once: exactly one
+        registers the champion (SQLite: the write lock taken up front;
+        PostgreSQL: a transaction-scoped advisory lock), the others return it.
+        """
         with self.store.write() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(7714829014)"))
             current = self.champion(conn=conn)
             if current is not None:
                 return current

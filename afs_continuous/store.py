@@ -36,11 +36,12 @@ from typing import Any, Iterator
 
 from sqlalchemy import Column, DateTime, Index, String, Text, TypeDecorator, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlmodel import Field, SQLModel, create_engine
 
 from ._io import make_private_dirs
 from ._store_errors import corruption_message, directory_message, display_url, is_corruption, open_error_message
+from ._alembic_log import quiet_alembic
 from .errors import SchemaVersionError, StoreError
 
 __all__ = [
@@ -369,6 +370,7 @@ class Store:
             cfg.attributes["connection"] = conn
         return cfg
 
+    @quiet_alembic()
     def schema_revision(self, conn: Connection | None = None) -> str | None:
         """The Alembic revision of this store (None for an empty store)."""
         from alembic.runtime.migration import MigrationContext
@@ -378,6 +380,7 @@ class Store:
         with self.engine.connect() as c:
             return MigrationContext.configure(c).get_current_revision()
 
+    @quiet_alembic()
     def _prepare_schema(self, auto_upgrade: bool) -> None:
         """Create or upgrade the schema under a lock, so concurrent openers upgrade it once.
 
@@ -451,15 +454,52 @@ class Store:
         return default if row is None else json.loads(row[0])
 
     def set_state(self, key: str, value: Any, *, conn: Connection | None = None) -> None:
-        """Write a JSON value to the ``loop_state`` table (upsert)."""
-        payload = json.dumps(value, default=_json_default)
+        """Write a JSON value to the ``loop_state`` table.
+
+        One atomic upsert (``INSERT ... ON CONFLICT DO UPDATE``), safe when
+        several processes write the same key at once.
+        """
         if conn is None:
             with self.write() as c:
                 self.set_state(key, value, conn=c)
             return
-        updated = conn.execute(text("UPDATE loop_state SET value = :v WHERE key = :k"), {"k": key, "v": payload})
-        if updated.rowcount == 0:
-            conn.execute(text("INSERT INTO loop_state (key, value) VALUES (:k, :v)"), {"k": key, "v": payload})
+        self._put_state(conn, key, json.dumps(value, default=_json_default), overwrite=True)
+
+    def setdefault_state(self, key: str, value: Any, *, conn: Connection | None = None) -> Any:
+        """Write ``value`` under ``key`` unless the key is present; return the stored value.
+
+        Atomic (``INSERT ... ON CONFLICT DO NOTHING``): when several processes
+        open a new store at once, exactly one value is written and every
+        process reads it back.
+        """
+        if conn is None:
+            with self.write() as c:
+                return self.setdefault_state(key, value, conn=c)
+        self._put_state(conn, key, json.dumps(value, default=_json_default), overwrite=False)
+        return self.get_state(key, conn=conn)
+
+    def _put_state(self, conn: Connection, key: str, payload: str, *, overwrite: bool) -> None:
+        table = LoopState.__table__  # type: ignore[attr-defined]
+        backend = conn.dialect.name
+        if backend in ("sqlite", "postgresql"):
+            if backend == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert
+            else:
+                from sqlalchemy.dialects.postgresql import insert
+            stmt = insert(table).values(key=key, value=payload)
+            stmt = (stmt.on_conflict_do_update(index_elements=[table.c.key], set_={"value": stmt.excluded.value})
+                    if overwrite else stmt.on_conflict_do_nothing(index_elements=[table.c.key]))
+            conn.execute(stmt)
+            return
+        # other backends: update, else insert in a savepoint; a concurrent insert of the key wins the race
+        if overwrite and conn.execute(table.update().where(table.c.key == key).values(value=payload)).rowcount:
+            return
+        try:
+            with conn.begin_nested():
+                conn.execute(table.insert().values(key=key, value=payload))
+        except IntegrityError:
+            if overwrite:
+                conn.execute(table.update().where(table.c.key == key).values(value=payload))
 
     def integrity_check(self) -> str:
         """Run SQLite's ``PRAGMA integrity_check`` and return its verdict ('ok' when healthy)."""

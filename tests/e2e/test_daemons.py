@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from afs_continuous import ContinuousLearningLoop, LoopConfig, RunStatus, UsageLogger
+from afs_continuous import ContinuousLearningLoop, LoopConfig, RunStatus, Store, UsageLogger
+from afs_continuous.lease import Lease
 
 ROOT = Path(__file__).parents[2]
 DAEMON = [sys.executable, str(ROOT / "scripts" / "continuous_loop.py")]
@@ -32,7 +33,8 @@ def slow(data_path):
 
 def _env(workdir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AFS_CONTINUOUS_")}
-    env.update(ADAPTERS=str(workdir / "adapters"), PYTHONPATH=str(workdir), **extra)
+    # the checkout under test first (not an installed copy), then the work directory (training.py)
+    env.update(ADAPTERS=str(workdir / "adapters"), PYTHONPATH=os.pathsep.join([str(ROOT), str(workdir)]), **extra)
     return env
 
 
@@ -97,6 +99,134 @@ def test_a_daemon_killed_mid_training_is_recovered_without_retraining(tmp_path, 
     assert "in cooldown" in nxt.stderr  # the cooldown started when the killed run began training
     assert loop.get_status_summary()["status"]["total_retrains"] == 0  # not double-counted
     assert loop.registry.champion().name == "base"
+    loop.close()
+
+
+RUN_LOOP = '''
+import pathlib, sys
+from afs_continuous import ContinuousLearningLoop, load_config
+
+loop = ContinuousLearningLoop(load_config(sys.argv[1], env={}))
+ready = pathlib.Path(sys.argv[2])
+n = loop.run_loop(on_result=lambda result: ready.write_text("ready"))
+print(f"run_loop returned after {n} iteration(s)", flush=True)
+loop.close()
+'''
+
+
+def _lease(url: str):
+    store = Store(url)
+    try:
+        return Lease(store).current()
+    finally:
+        store.dispose()
+
+
+def _start_run_loop(tmp_path: Path, store_url: str) -> tuple[subprocess.Popen, Path]:
+    """A user's script running ``loop.run_loop()`` (the lease lasts 300 s; checks hourly), after its first check."""
+    (tmp_path / "run_loop.py").write_text(RUN_LOOP)
+    cfg = _config(tmp_path, store_url, lease_ttl_s=300, check_interval_seconds=3600)
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "run_loop.py", str(cfg), str(ready)], cwd=tmp_path, env=_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "run_loop never finished its first check"
+        time.sleep(0.05)
+    assert _lease(store_url) is not None
+    return proc, cfg
+
+
+def test_sigterm_on_run_loop_releases_the_lease_at_once(tmp_path, store_url):
+    """Issue 11 item 7: `timeout` (SIGTERM) on a script running run_loop() gives the lease back; the next
+    --trigger --no-train runs at once instead of failing for up to lease_ttl_s (300 s)."""
+    proc, _ = _start_run_loop(tmp_path, store_url)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM, (out, err)  # it still terminates as SIGTERM says...
+    assert "Traceback" not in err, err
+    assert _lease(store_url) is None  # ...after giving the lease back
+    start = time.monotonic()
+    nxt = subprocess.run(DAEMON + ["--config", "config.json", "--trigger", "--no-train"], cwd=tmp_path,
+                         env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert nxt.returncode == 0, nxt.stderr
+    assert time.monotonic() - start < 60
+
+
+def test_ctrl_c_on_run_loop_stops_cleanly_with_one_line(tmp_path, store_url):
+    """Issue 11 item 8: SIGINT (Ctrl-C) on run_loop(): no KeyboardInterrupt traceback, one line, lease released,
+    and run_loop returns."""
+    proc, _ = _start_run_loop(tmp_path, store_url)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, (out, err)
+    assert err.strip() == "interrupted; stopping (lease released)", err
+    assert "run_loop returned after 1 iteration(s)" in out
+    assert _lease(store_url) is None
+
+
+def test_ctrl_c_on_the_daemon_stops_cleanly(tmp_path, store_url):
+    """Issue 11 item 8, the daemon command: SIGINT stops it with exit 0, no traceback, lease released."""
+    _config(tmp_path, store_url, lease_ttl_s=300, check_interval_seconds=3600)
+    daemon = subprocess.Popen(DAEMON + ["--config", "config.json", "--no-train"], cwd=tmp_path, env=_env(tmp_path),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    loop = ContinuousLearningLoop(LoopConfig(database_url=store_url, data_dir=str(tmp_path / "data")))
+    deadline = time.monotonic() + 60
+    while loop.store.get_state("last_iteration_at") is None:
+        assert daemon.poll() is None, daemon.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    loop.close()
+    daemon.send_signal(signal.SIGINT)
+    out, err = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "interrupted; stopping (lease released)" in err
+    assert "daemon stopped after 1 iteration(s)" in err
+    assert _lease(store_url) is None
+
+
+def test_a_killed_daemon_on_this_host_is_taken_over_at_once(tmp_path, store_url):
+    """Issue 11 item 7: SIGKILL mid-training leaves the lease (300 s); status shows it with its holder gone; the
+    next daemon on this host takes over at once (no --wait-for-lease, no expiry) and marks the run interrupted."""
+    (tmp_path / "training.py").write_text(TRAINING)
+    _config(tmp_path, store_url, lease_ttl_s=300)
+    _fill(store_url)
+    victim = subprocess.Popen(DAEMON + ["--config", "config.json", "--train-fn", "training:slow"], cwd=tmp_path,
+                              env=_env(tmp_path, TRAIN_SECONDS="120"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    loop = ContinuousLearningLoop(LoopConfig(database_url=store_url, data_dir=str(tmp_path / "data")))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(r.status is RunStatus.TRAINING for r in loop.runs.list()):
+        time.sleep(0.1)
+    assert loop.runs.list()[0].status is RunStatus.TRAINING
+    live = loop.get_status_summary()["lease"]
+    assert live["holder"].startswith(f"{os.uname().nodename}:{victim.pid}:") and live["holder_alive"] is True
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+
+    lease = loop.get_status_summary()["lease"]
+    assert lease["holder"] == live["holder"] and lease["holder_alive"] is False and lease["expired"] is False
+    assert {"acquired_at", "expires_at"} <= set(lease)
+    cli = [sys.executable, "-m", "afs_continuous.cli", "status", "--config", "config.json"]
+    as_json = subprocess.run(cli + ["--json"], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
+                             timeout=60)
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["lease"]["holder_alive"] is False
+    text = subprocess.run(DAEMON + ["--config", "config.json", "--status"], cwd=tmp_path, env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert f"daemon lease     {live['holder']}" in text.stdout and "process gone" in text.stdout, text.stdout
+
+    start = time.monotonic()
+    nxt = subprocess.run(DAEMON + ["--config", "config.json", "--train-fn", "training:slow", "--max-iterations", "1"],
+                         cwd=tmp_path, env=_env(tmp_path, TRAIN_SECONDS="0"), capture_output=True, text=True,
+                         timeout=120)
+    assert nxt.returncode == 0, nxt.stderr
+    assert time.monotonic() - start < 60  # far less than the 300 s lease
+    assert "took over the daemon lease" in nxt.stderr
+    assert [r.status for r in loop.runs.list()] == [RunStatus.INTERRUPTED]
+    assert loop.get_status_summary()["lease"] is None  # the next daemon stopped and gave it back
     loop.close()
 
 

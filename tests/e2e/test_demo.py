@@ -38,20 +38,44 @@ def _env(**extra):
 def test_demo_runs_the_whole_loop(tmp_path, alpaca_dir):
     proc = subprocess.run([sys.executable, str(DEMO), "--workdir", str(tmp_path / "demo"), "--data-dir", str(alpaca_dir)],
                           capture_output=True, text=True, timeout=600, env=_env())
-    out = proc.stdout
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _check_demo_output(proc.stdout, tmp_path / "demo")
+
+
+def _check_demo_output(out: str, workdir: Path) -> None:
     assert "logged 805 records as 'fusechat-3b'" in out
     assert "trigger: sample_count: 357 eligible samples >= 300" in out
     assert "candidates 805 -> after_quality 357 -> after_feedback 357" in out
     losses = [float(line.split("loss")[1]) for line in out.splitlines() if line.strip().startswith("step")]
     assert len(losses) >= 3
-    before, after = (float(x) for x in out.split("eval loss ")[1].split(" on ")[0].split(" -> "))
+    eval_line = next(line for line in out.splitlines() if line.startswith("eval loss "))
+    before, after = (float(x) for x in eval_line[len("eval loss "):].split(" on ")[0].split(" -> "))
     assert after < before
     assert "replays the judged answers of FuseChat-Llama-3.1-8B-Instruct" in out
     assert "decision: PROMOTE" in out
     assert "champion         fusechat-3b-ft1" in out
-    adapters = list((tmp_path / "demo" / "adapters").iterdir())
+    adapters = list((workdir / "adapters").iterdir())
     assert len(adapters) == 1 and (adapters[0] / "adapter_config.json").exists()
+    # the explanation comes before the loss lines it explains
+    lines = out.splitlines()
+    first_loss = next(i for i, line in enumerate(lines) if line.strip().startswith("step"))
+    assert lines.index("trigger: sample_count: 357 eligible samples >= 300") < first_loss
+    assert next(i for i, line in enumerate(lines) if line.startswith("training data:")) < first_loss
+    assert "the LoRA trainer holds out 10% of these lines itself" in out
+    assert "done in " in out and " s of it LoRA training" in out
+    assert "units=" in out and "requests=" in out and "units are users" in out  # n vs served, labelled
+    _assert_readme_ab_figures_reproduced(out)
+
+
+def _assert_readme_ab_figures_reproduced(out: str) -> None:
+    """Issue 11 item 19: the demo is seeded (traffic, training, A/B assignment), so its A/B figures are those of
+    the run the README shows: every hourly and guardrail line of the README's demo output, verbatim."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = [line for line in readme.split("Shortened output of `--seed 0`:")[1].split("```")[1].splitlines()
+             if line.startswith(("  hour", "  guardrail", "  champion ", "  challenger "))]
+    assert len(shown) >= 4, shown
+    missing = [line for line in shown if line not in out.splitlines()]
+    assert not missing, f"README lines not reproduced by the seeded demo: {missing}"
 
 
 def test_demo_without_data_says_where_to_get_it_and_exits_nonzero(tmp_path):

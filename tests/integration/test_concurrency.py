@@ -601,3 +601,106 @@ def test_fork_after_the_logger_started(work: Path, flush_first: bool) -> None:
     assert len(parent_ids) == n_children * n_pre + n_post and set(parent_ids) <= in_store
     assert len(in_store) == n_children * n_pre + n_post + n_children * n_child
     assert integrity(db) == [("ok",)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Many workers opening a brand-new store at the same moment (gunicorn without --preload)
+
+N_OPENERS = 6
+N_ROUNDS = 5
+
+
+def _open_fresh(cfg: LoopConfig, barrier: Any, errors: Any) -> None:
+    """Child (forked): wait for every sibling, then construct the loop and close it."""
+    import traceback
+
+    try:
+        barrier.wait(60)
+        ContinuousLearningLoop(cfg).close()
+    except BaseException:  # noqa: BLE001 - reported to the parent, which fails the test
+        errors.put(traceback.format_exc())
+        os._exit(1)
+    os._exit(0)
+
+
+def _fresh_store_urls(tmp_path: Path, store_url: str, n: int) -> list[str]:
+    """``n`` empty stores of the test's backend: SQLite files, or new PostgreSQL schemas (dropped at teardown)."""
+    if store_url.startswith("sqlite"):
+        return [f"sqlite:///{tmp_path / f'fresh-{k}.db'}" for k in range(n)]
+    base, _, _ = store_url.partition("?")
+    return [f"{base}?options=-csearch_path%3D{schema}" for schema in _PG_SCHEMAS.create(base, n)]
+
+
+class _PgSchemas:
+    """PostgreSQL schemas made for one test and dropped afterwards."""
+
+    def __init__(self) -> None:
+        self.made: list[tuple[str, str]] = []
+
+    def create(self, base: str, n: int) -> list[str]:
+        import uuid
+
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(base, isolation_level="AUTOCOMMIT")
+        names = [f"t_{uuid.uuid4().hex[:12]}" for _ in range(n)]
+        with engine.connect() as conn:
+            for name in names:
+                conn.execute(text(f'CREATE SCHEMA "{name}"'))
+        engine.dispose()
+        self.made += [(base, name) for name in names]
+        return names
+
+    def drop_all(self) -> None:
+        from sqlalchemy import create_engine, text
+
+        for base, name in self.made:
+            engine = create_engine(base, isolation_level="AUTOCOMMIT")
+            with engine.connect() as conn:
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+            engine.dispose()
+        self.made.clear()
+
+
+_PG_SCHEMAS = _PgSchemas()
+
+
+@pytest.fixture
+def pg_schemas() -> Any:
+    yield _PG_SCHEMAS
+    _PG_SCHEMAS.drop_all()
+
+
+def test_workers_opening_a_new_store_at_once_all_start(tmp_path: Path, store_url: str, pg_schemas: Any) -> None:
+    """Issue 11 item 5: 6 processes construct the loop on the same empty store at the same instant
+    (a barrier), 5 rounds: every one starts; one champion row, one first_start_at."""
+    import multiprocessing
+
+    from sqlalchemy import func, select
+
+    from afs_continuous.store import LoopState, ModelVersionRow
+
+    ctx = multiprocessing.get_context("fork")
+    for url in _fresh_store_urls(tmp_path, store_url, N_ROUNDS):
+        sqlite = url.startswith("sqlite")
+        cfg = LoopConfig(db_path=url[len("sqlite:///"):] if sqlite else str(tmp_path / "unused.db"),
+                         database_url=None if sqlite else url, data_dir=str(tmp_path / "data"))
+        barrier, errors = ctx.Barrier(N_OPENERS), ctx.SimpleQueue()  # put() writes at once: survives _exit
+        procs = [ctx.Process(target=_open_fresh, args=(cfg, barrier, errors)) for _ in range(N_OPENERS)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        failures = []
+        while not errors.empty():
+            failures.append(errors.get())
+        assert [p.exitcode for p in procs] == [0] * N_OPENERS, "\n".join(failures)
+        store = Store(url)
+        with store.read() as conn:
+            versions = conn.execute(select(ModelVersionRow.__table__.c.name,
+                                           ModelVersionRow.__table__.c.status)).all()
+            n_first = conn.execute(select(func.count()).select_from(LoopState.__table__)
+                                   .where(LoopState.__table__.c.key == "first_start_at")).scalar_one()
+        store.dispose()
+        assert [tuple(v) for v in versions] == [("base", "champion")]
+        assert n_first == 1

@@ -82,6 +82,27 @@ def test_a_new_experiment_reshuffles_units(routed, tmp_path, clock, make_loop) -
     assert len(before & after) < 0.2 * len(before)  # ~10% overlap if independent, 100% if not
 
 
+def test_a_fixed_assignment_seed_reproduces_the_split(tmp_path, clock, make_loop, trainer, good_rows,
+                                                      log_rows) -> None:
+    """Issue 11 item 19: with ab_test_config.assignment_seed, two stores that deploy the same challenger route
+    every user the same way (a seeded demo or replay reproduces its A/B figures); each experiment still gets its
+    own seed (units reshuffle between experiments)."""
+    arms, seeds = [], []
+    for k in range(2):
+        loop = make_loop(tmp_path / f"store{k}", clock, train_fn=trainer, trigger_config=NO_TRIGGERS,
+                         database_url=None,  # two separate stores (SQLite files) on every backend
+                         ab_test_config={"assignment_seed": "demo-0"}, generator_config={"min_samples": 10})
+        log_rows(loop, good_rows[:20], "base")
+        assert loop.run_iteration(manual=True)["retrain"]["status"] == "deployed"
+        seeds.append(loop.experiments.active().seed)
+        arms.append([loop.route(f"user-{i}").name for i in range(400)])
+    assert seeds[0] == seeds[1] and arms[0] == arms[1]
+    assert 10 < sum(name != "base" for name in arms[0]) < 80  # 10% of 400, give or take
+    log_rows(loop, good_rows[20:40], "base")
+    assert loop.run_iteration(manual=True)["retrain"]["status"] == "deployed"  # a second challenger
+    assert loop.experiments.active().seed != seeds[1]
+
+
 def test_routing_sees_changes_at_once_with_no_cache(tmp_path, clock, make_loop) -> None:
     loop = make_loop(tmp_path, clock)  # route_cache_s=0
     assert loop.route("user-1").name == "base"

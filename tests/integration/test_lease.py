@@ -58,3 +58,38 @@ def test_release_lets_the_next_daemon_in_at_once(store_url, wall):
 def test_ttl_must_be_positive(store_url):
     with pytest.raises(ValueError, match="ttl_s must be > 0"):
         Lease(Store(store_url), ttl_s=0)
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_holder_on_this_host_whose_process_is_gone_is_taken_over_at_once(store_url, wall):
+    """Issue 11 item 7: no waiting for the expiry when the holder's process on this host no longer exists;
+    a live holder, or one on another host, keeps its lease until it expires."""
+    import os
+    import socket
+
+    store = Store(store_url)
+    host = socket.gethostname()
+    dead = Lease(store, holder=f"{host}:{_dead_pid()}:abcd", ttl_s=600, clock=wall)
+    assert dead.acquire() is not None
+    status = dead.status()
+    assert status["holder"] == dead.holder and status["holder_alive"] is False and status["expired"] is False
+    live = Lease(store, holder=f"{host}:{os.getpid()}:ef01", ttl_s=600, clock=wall)
+    info = live.acquire()  # 600 s before expiry
+    assert info is not None and info.holder == live.holder and live.taken_over.holder == dead.holder
+    assert live.status()["holder_alive"] is True
+    other = Lease(store, holder=f"{host}:{os.getpid()}:2345", ttl_s=600, clock=wall)
+    assert other.acquire() is None  # the holder runs: no takeover
+    live.release()
+    remote = Lease(store, holder=f"not-{host}:1:aaaa", ttl_s=600, clock=wall)
+    assert remote.acquire() is not None and remote.status()["holder_alive"] is None
+    assert other.acquire() is None  # another host: cannot tell, wait for the expiry
+    remote.release()
+    assert remote.status() is None

@@ -228,3 +228,38 @@ def test_damaged_pages_with_an_intact_header_are_a_store_error_with_the_path_and
             loop.close()
     assert str(db) in str(info.value)
     assert db.read_bytes() == before
+
+
+QUIET_SCRIPT = r'''
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(levelname)s %(message)s")
+from afs_continuous import ContinuousLearningLoop, LoopConfig
+cfg = LoopConfig(database_url=sys.argv[1], data_dir=sys.argv[2])
+ContinuousLearningLoop(cfg).close()   # a new store: created
+ContinuousLearningLoop(cfg).close()   # an existing one: checked
+print("--- the user's own alembic use")
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine
+with create_engine(sys.argv[1]).connect() as conn:
+    MigrationContext.configure(conn)
+'''
+
+
+def test_opening_the_store_logs_no_alembic_info_lines(tmp_path, store_url):
+    """Issue 11 item 26: constructing the loop logged 9 alembic INFO lines under logging.basicConfig(INFO);
+    our own migrations are quiet below WARNING, and the user's own alembic logging is left as it was."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "quiet.py"
+    script.write_text(QUIET_SCRIPT)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, str(script), store_url, str(tmp_path / "data")], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    ours, _, user = proc.stdout.partition("--- the user's own alembic use")
+    assert [line for line in ours.splitlines() if line.startswith("alembic")] == []
+    assert "alembic.runtime.migration INFO Context impl" in user
