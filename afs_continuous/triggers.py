@@ -12,7 +12,7 @@ State keys used (in ``loop_state``):
 - ``last_training_at``: when the last training run called its train_fn
   (cooldown and schedule reference).
 - ``last_schedule_at``: when the schedule trigger last fired (it fires once per
-  period even if the run was skipped).
+  period even if the run was skipped or blocked; the loop writes it).
 - ``data_watermark``: creation time of the newest record consumed by the last
   successful training run; only records after it count as new.
 """

@@ -199,8 +199,10 @@ def test_a_schedule_due_on_an_empty_store_starts_no_run(tmp_path, clock, make_lo
     result = loop.run_iteration()
     assert check_of_dict(result["trigger"], "schedule")["fired"] and result["retrain_triggered"] is False
     assert result["trigger"]["blocked_by"] == "too few samples" and loop.runs.list() == []
-    log_good(loop.logger, 10)  # data arrives: the overdue schedule runs at the next check
+    log_good(loop.logger, 10)  # data arrives: that period's schedule was used up; the next one runs
     clock.advance(hours=1)
+    assert check_of_dict(loop.run_iteration()["trigger"], "schedule")["fired"] is False
+    clock.set(START + timedelta(hours=200 + 168))
     assert loop.run_iteration()["retrain"]["status"] == "data_ready"
 
 
@@ -359,3 +361,36 @@ def test_running_experiment_blocks_automatic_retraining(tmp_path, clock, make_lo
     result = loop.run_iteration()
     assert result["retrain_triggered"] is False
     assert result["trigger"]["blocked_by"] == "challenger 'base-ft1' is still under test"
+
+
+def test_a_skipped_schedule_is_used_up_and_fires_once_per_period(tmp_path, clock, make_loop) -> None:
+    """Three weeks of hourly checks with nothing to train on: the schedule fires at h168, h336 and h504 only,
+    and next_scheduled_at never stays in the past."""
+    loop = make_loop(tmp_path, clock, trigger_config=ONLY_SCHEDULE)
+    fired_at = []
+    for hour in range(1, 3 * 168 + 1):
+        clock.set(START + timedelta(hours=hour))
+        result = loop.run_iteration()
+        sched = check_of_dict(result["trigger"], "schedule")
+        assert result["retrain_triggered"] is False
+        if sched["fired"]:
+            fired_at.append(hour)
+            assert result["trigger"]["blocked_by"] == "too few samples"
+        next_at = datetime.fromisoformat(loop.get_status_summary()["status"]["next_scheduled_at"])
+        assert next_at > clock(), (hour, next_at)
+    assert fired_at == [168, 336, 504]
+    assert loop.runs.list() == []
+
+
+def test_a_schedule_due_while_a_challenger_is_under_test_is_used_up(tmp_path, clock, make_loop, trainer) -> None:
+    loop = make_loop(tmp_path, clock, train_fn=trainer, trigger_config={"min_new_samples": None, "quality_drop_threshold": None},
+                     generator_config={"min_samples": 3, "include_existing_data": False})
+    log_good(loop.logger, 3, prefix="a")
+    assert loop.run_iteration(manual=True)["retrain"]["status"] == "deployed"  # challenger under test from h0
+    clock.set(START + timedelta(hours=168))
+    due = loop.run_iteration()
+    assert check_of_dict(due["trigger"], "schedule")["fired"] is True
+    assert due["trigger"]["blocked_by"] == "challenger 'base-ft1' is still under test"
+    clock.advance(hours=1)
+    assert check_of_dict(loop.run_iteration()["trigger"], "schedule")["fired"] is False
+    assert datetime.fromisoformat(loop.get_status_summary()["status"]["next_scheduled_at"]) == START + timedelta(hours=336)
