@@ -25,7 +25,7 @@ from enum import Enum
 from typing import Any
 
 from ._queries import backfill_content_hashes, count_eligible, quality_window
-from .clock import Clock, utc_now
+from .clock import Clock, ensure_utc, utc_now
 from .config import DataGeneratorConfig, TriggerConfig
 from .store import Store, parse_dt
 
@@ -134,7 +134,8 @@ class TriggerChecker:
             blocked_by: A reason that prevents retraining regardless (e.g. a
                 challenger still under test); reported in the result.
         """
-        now = self.clock() if now is None else now
+        # UTC: with a clock in a DST zone, now - timedelta(hours=...) would count wall-clock hours
+        now = ensure_utc(self.clock() if now is None else now, name="now")
         st = self.state()
         checks: list[TriggerCheck] = []
         if manual:

@@ -394,3 +394,67 @@ def test_a_schedule_due_while_a_challenger_is_under_test_is_used_up(tmp_path, cl
     clock.advance(hours=1)
     assert check_of_dict(loop.run_iteration()["trigger"], "schedule")["fired"] is False
     assert datetime.fromisoformat(loop.get_status_summary()["status"]["next_scheduled_at"]) == START + timedelta(hours=336)
+
+
+def test_a_clock_in_a_dst_zone_keeps_periods_and_windows_in_real_hours(tmp_path, clock, make_loop, trainer) -> None:
+    """RELIABILITY row 16: a clock returning Europe/Berlin times across the switch to summer time
+    (2026-03-29 02:00 CET -> 03:00 CEST): the weekly trigger fires once per period of 168 real hours, the
+    cooldown is exact, the quality windows span real hours, and stored times are UTC."""
+    import json as _json
+
+    from sqlalchemy import text
+
+    try:
+        from zoneinfo import ZoneInfo
+
+        berlin: Any = ZoneInfo("Europe/Berlin")
+    except Exception:  # noqa: BLE001 - no tz database: fixed offsets give the same local-time arithmetic
+        berlin = None
+    start = datetime(2026, 3, 24, 12, tzinfo=timezone.utc)
+    clock.set(start)
+
+    def local_now() -> datetime:
+        now = clock()
+        if berlin is not None:
+            return now.astimezone(berlin)
+        dst = now >= datetime(2026, 3, 29, 1, tzinfo=timezone.utc)
+        return now.astimezone(timezone(timedelta(hours=2 if dst else 1)))
+
+    assert local_now().utcoffset() == timedelta(hours=1)
+    loop = make_loop(tmp_path, local_now, train_fn=trainer, enable_ab_testing=False,
+                     trigger_config={"min_new_samples": None, "quality_drop_threshold": 0.5, "min_quality_samples": 1},
+                     generator_config={"min_samples": 1, "include_existing_data": False})
+    fired_at, trained_at = [], []
+    for hour in range(1, 2 * 168 + 1):
+        clock.set(start + timedelta(hours=hour))
+        rid = loop.log_usage(f"question {hour}?", f"answer {hour}.", "base", quality_score=0.8)
+        loop.record_feedback(rid, 1)
+        result = loop.run_iteration()
+        if check_of_dict(result["trigger"], "schedule")["fired"]:
+            fired_at.append(hour)
+        if result["retrain_triggered"]:
+            trained_at.append(hour)
+        if hour == 168 + 5:  # cooldown measured in real hours across the switch
+            assert result["trigger"]["cooldown_remaining_s"] == pytest.approx(19 * 3600)
+        if hour == 200:  # one record per real hour: 24 in the recent window, 168 in the baseline
+            qd = check_of_dict(result["trigger"], "quality_drop")
+            assert (qd["recent_n"], qd["baseline_n"]) == (24, 168)
+    assert local_now().utcoffset() == timedelta(hours=2)
+    assert fired_at == trained_at == [168, 336]
+    with loop.store.read() as conn:
+        state = dict(conn.execute(text("SELECT key, value FROM loop_state")).all())
+    for key in ("first_start_at", "last_training_at", "last_schedule_at", "last_iteration_at"):
+        assert _json.loads(state[key]).endswith("+00:00"), (key, state[key])
+    assert loop.get_status_summary()["status"]["last_training_at"] == (start + timedelta(hours=336)).isoformat()
+
+
+def test_schedule_with_the_clock_stepped_back_an_hour_or_forward_a_day(tmp_path, clock, make_loop) -> None:
+    """RELIABILITY row 16: the weekly trigger fires once per period whatever the clock does."""
+    loop = make_loop(tmp_path, clock, trigger_config=ONLY_SCHEDULE)
+    log_good(loop.logger, 10)
+    fired = []
+    for hour in [1, 167, 167 + 24, 167 + 23, 167 + 23.5, *range(192, 191 + 168), 191 + 168, 191 + 167, 191 + 169]:
+        clock.set(START + timedelta(hours=hour))
+        if check_of_dict(loop.run_iteration()["trigger"], "schedule")["fired"]:
+            fired.append(hour)
+    assert fired == [167 + 24, 191 + 168]  # the jump a day forward fires once; stepping back never refires
