@@ -192,27 +192,52 @@ class TriggerChecker:
                             f"{elapsed_h:.1f} h since {ref.isoformat()} {'>=' if fired else '<'} {hours:g} h", details)
 
     def _quality_drop(self, now: datetime) -> TriggerCheck:
+        """Fires when the recent mean quality is at least ``quality_drop_threshold`` below the baseline mean
+        and the drop is significant (one-sided Welch t-test, p < ``quality_drop_alpha``)."""
         cfg = self.config
         threshold = cfg.quality_drop_threshold
         recent_start = now - timedelta(hours=cfg.quality_window_hours)
         base_start = recent_start - timedelta(hours=cfg.quality_baseline_hours)
         with self.store.read() as conn:
-            n_recent, recent = quality_window(conn, recent_start, now)
-            n_base, base = quality_window(conn, base_start, recent_start)
+            n_recent, recent, var_recent = quality_window(conn, recent_start, now)
+            n_base, base, var_base = quality_window(conn, base_start, recent_start)
         drop = (base - recent) / base if (base and recent is not None and base > 0) else None
-        details = {"recent_mean": recent, "recent_n": n_recent, "baseline_mean": base, "baseline_n": n_base,
-                   "drop": drop, "threshold": threshold, "min_samples": cfg.min_quality_samples}
+        need = max(cfg.min_quality_samples, 2)  # the test needs a variance in each window
+        details: dict[str, Any] = {
+            "recent_mean": recent, "recent_n": n_recent, "baseline_mean": base, "baseline_n": n_base, "drop": drop,
+            "threshold": threshold, "min_samples": cfg.min_quality_samples, "p_value": None, "alpha": cfg.quality_drop_alpha,
+        }
         if threshold is None:
             return TriggerCheck(TriggerType.QUALITY_DROP, False, "disabled", details)
-        if min(n_recent, n_base) < cfg.min_quality_samples:
+        if min(n_recent, n_base) < need:
             return TriggerCheck(TriggerType.QUALITY_DROP, False,
-                                f"too few scored records (recent {n_recent}, baseline {n_base}; need "
-                                f"{cfg.min_quality_samples} each)", details)
+                                f"too few scored records (recent {n_recent}, baseline {n_base}; need {need} each)", details)
         if drop is None or recent is None or base is None:  # a baseline mean of 0 cannot drop
             return TriggerCheck(TriggerType.QUALITY_DROP, False, f"baseline mean is {base}: no drop to measure",
                                 details)
-        # a drop of exactly the threshold fires: means are float sums, so 1.0 -> 0.9 gives 0.0999...98
-        fired = drop >= threshold - 1e-9
-        return TriggerCheck(TriggerType.QUALITY_DROP, fired,
-                            f"recent mean {recent:.3f} vs baseline {base:.3f}: drop {drop:.1%} "
-                            f"{'>=' if fired else '<'} {threshold:.0%}", details)
+        assert var_recent is not None and var_base is not None  # n >= 2 in both windows
+        p = _one_sided_drop_p(n_base, base, var_base, n_recent, recent, var_recent)
+        details["p_value"] = p
+        head = f"recent mean {recent:.3f} (n {n_recent}) vs baseline {base:.3f} (n {n_base}): drop {drop:.1%}"
+        # a drop of exactly the threshold counts: means are float sums, so 1.0 -> 0.9 gives 0.0999...98
+        if drop < threshold - 1e-9:
+            return TriggerCheck(TriggerType.QUALITY_DROP, False, f"{head} < {threshold:.0%}", details)
+        if p >= cfg.quality_drop_alpha:
+            return TriggerCheck(TriggerType.QUALITY_DROP, False,
+                                f"{head} >= {threshold:.0%} but within the noise (one-sided Welch p {p:.2g} >= "
+                                f"quality_drop_alpha {cfg.quality_drop_alpha:g})", details)
+        return TriggerCheck(TriggerType.QUALITY_DROP, True,
+                            f"{head} >= {threshold:.0%} and significant (one-sided Welch p {p:.2g} < "
+                            f"{cfg.quality_drop_alpha:g})", details)
+
+
+def _one_sided_drop_p(n_base: int, base: float, var_base: float, n_recent: int, recent: float, var_recent: float) -> float:
+    """One-sided p-value of Welch's t-test of H0 "recent mean >= baseline mean" (small: a clear drop).
+
+    Zero variance in both windows gives p 0 for any drop and 1 otherwise (never NaN).
+    """
+    from .stats import ArmSummary, welch_test  # scipy: imported at the first check that needs it
+
+    res = welch_test(ArmSummary(n_base, base, var_base), ArmSummary(n_recent, recent, var_recent))
+    two_sided = res["p_value"]
+    return two_sided / 2.0 if res["t"] < 0 else 1.0 - two_sided / 2.0

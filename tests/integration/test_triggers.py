@@ -163,6 +163,49 @@ def test_quality_drop_fires_on_real_degradation(tmp_path, clock, make_loop, alpa
     assert qd.fired and result.should_retrain and result.trigger is TriggerType.QUALITY_DROP
 
 
+def _quality_simulation() -> Any:
+    """``benchmarks/simulate_quality_trigger.py``: the replay behind the trigger's figures in docs/statistics.md."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "simulate_quality_trigger.py"
+    spec = importlib.util.spec_from_file_location("simulate_quality_trigger", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("seed", [0, 2, 3])
+def test_quality_drop_does_not_fire_on_noise(tmp_path, alpaca, seed) -> None:
+    """Unchanged real 3B answers at about 5 requests/h (about 120 scored records per 24 h window): in these
+    runs a 10% drop of the mean appears by chance (the rule before fired), but it is within the noise."""
+    run = _quality_simulation().replay(tmp_path, alpaca("FuseChat-Llama-3.2-3B"), rate_per_h=5, hours=100, seed=seed)
+    assert run.old_rule_hours, "this seed no longer shows a chance drop >= 10%: pick another"
+    assert run.fired_hours == [], [c for c in run.checks if c["fired"]][:1]
+    noisy = next(c for c in run.checks if c["hour"] == run.old_rule_hours[0])
+    assert noisy["drop"] >= 0.10 and noisy["p_value"] >= noisy["alpha"]
+
+
+def test_quality_drop_detects_a_real_drop_as_soon_as_it_reaches_the_threshold(tmp_path, alpaca, store_url) -> None:
+    """3B answers, then 1B answers from hour 72 (mean 0.513 -> 0.299), 100 requests/h, through a real store:
+    the trigger fires at the first hour the drop reaches 10%, as the threshold alone did (h78)."""
+    run = _quality_simulation().replay(tmp_path, alpaca("FuseChat-Llama-3.2-3B"), alpaca("FuseChat-Llama-3.2-1B"),
+                                       switch_hour=72, rate_per_h=100, hours=82, seed=1,
+                                       store_url=None if store_url.startswith("sqlite") else store_url)
+    assert run.fired_hours[0] == run.old_rule_hours[0] == 78
+    assert all(c["p_value"] < 1e-6 for c in run.checks if c["fired"])
+
+
+@pytest.mark.parametrize("alpha", [0, 1, 1.5, -0.01])
+def test_quality_drop_alpha_is_validated(alpha) -> None:
+    from afs_continuous import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"trigger_config\.quality_drop_alpha: Input should be"):
+        load_config(None, env={}, overrides={"trigger_config": {"quality_drop_alpha": alpha}})
+
+
 def _log_scores(logger: UsageLogger, scores: list[float]) -> None:
     for i, s in enumerate(scores):
         logger.log(f"q{i}", f"r{i}", "base", quality_score=s)
