@@ -27,6 +27,7 @@ from typing import Any
 from ._queries import backfill_content_hashes, count_eligible, quality_window
 from .clock import Clock, ensure_utc, utc_now
 from .config import DataGeneratorConfig, TriggerConfig
+from .registry import ModelRegistry
 from .store import Store, parse_dt
 
 __all__ = ["TriggerChecker", "TriggerResult", "TriggerCheck", "TriggerType"]
@@ -199,26 +200,32 @@ class TriggerChecker:
         recent_start = now - timedelta(hours=cfg.quality_window_hours)
         base_start = recent_start - timedelta(hours=cfg.quality_baseline_hours)
         with self.store.read() as conn:
-            n_recent, recent, var_recent = quality_window(conn, recent_start, now)
-            n_base, base, var_base = quality_window(conn, base_start, recent_start)
+            # Only the serving champion's records: a rolled-back or retired version's (or a challenger's)
+            # answers say nothing about the champion's quality; both windows measure the same model.
+            champion = ModelRegistry(self.store).champion(conn=conn)
+            model = champion.name if champion is not None else None
+            n_recent, recent, var_recent = quality_window(conn, recent_start, now, model=model)
+            n_base, base, var_base = quality_window(conn, base_start, recent_start, model=model)
         drop = (base - recent) / base if (base and recent is not None and base > 0) else None
         need = max(cfg.min_quality_samples, 2)  # the test needs a variance in each window
         details: dict[str, Any] = {
             "recent_mean": recent, "recent_n": n_recent, "baseline_mean": base, "baseline_n": n_base, "drop": drop,
             "threshold": threshold, "min_samples": cfg.min_quality_samples, "p_value": None, "alpha": cfg.quality_drop_alpha,
+            "model": model,
         }
         if threshold is None:
             return TriggerCheck(TriggerType.QUALITY_DROP, False, "disabled", details)
         if min(n_recent, n_base) < need:
             return TriggerCheck(TriggerType.QUALITY_DROP, False,
-                                f"too few scored records (recent {n_recent}, baseline {n_base}; need {need} each)", details)
+                                f"too few scored records{_of(model)} (recent {n_recent}, baseline {n_base}; need {need} "
+                                f"each)", details)
         if drop is None or recent is None or base is None:  # a baseline mean of 0 cannot drop
             return TriggerCheck(TriggerType.QUALITY_DROP, False, f"baseline mean is {base}: no drop to measure",
                                 details)
         assert var_recent is not None and var_base is not None  # n >= 2 in both windows
         p = _one_sided_drop_p(n_base, base, var_base, n_recent, recent, var_recent)
         details["p_value"] = p
-        head = f"recent mean {recent:.3f} (n {n_recent}) vs baseline {base:.3f} (n {n_base}): drop {drop:.1%}"
+        head = f"recent mean{_of(model)} {recent:.3f} (n {n_recent}) vs baseline {base:.3f} (n {n_base}): drop {drop:.1%}"
         # a drop of exactly the threshold counts: means are float sums, so 1.0 -> 0.9 gives 0.0999...98
         if drop < threshold - 1e-9:
             return TriggerCheck(TriggerType.QUALITY_DROP, False, f"{head} < {threshold:.0%}", details)
@@ -229,6 +236,10 @@ class TriggerChecker:
         return TriggerCheck(TriggerType.QUALITY_DROP, True,
                             f"{head} >= {threshold:.0%} and significant (one-sided Welch p {p:.2g} < "
                             f"{cfg.quality_drop_alpha:g})", details)
+
+
+def _of(model: str | None) -> str:
+    return f" of {model}" if model is not None else ""
 
 
 def _one_sided_drop_p(n_base: int, base: float, var_base: float, n_recent: int, recent: float, var_recent: float) -> float:

@@ -206,6 +206,65 @@ def test_quality_drop_alpha_is_validated(alpha) -> None:
         load_config(None, env={}, overrides={"trigger_config": {"quality_drop_alpha": alpha}})
 
 
+def test_quality_drop_ignores_the_records_of_a_rolled_back_version(tmp_path, clock, make_loop, trainer, alpaca) -> None:
+    """A week of base on real 3B answers; base-v2 becomes champion and serves real 1B answers; the drift
+    monitor rolls it back. Its degraded records stay in the 24 h window, but they do not measure the champion
+    (base, serving 3B answers again): the quality-drop trigger must not fire on them and start a run."""
+    from afs_continuous._queries import quality_window
+    from afs_continuous.registry import VersionStatus
+    from afs_continuous.stats import ArmSummary
+    from afs_continuous.triggers import _one_sided_drop_p
+
+    loop = make_loop(tmp_path, clock, train_fn=trainer, trigger_config=ONLY_QUALITY,
+                     generator_config={"min_samples": 10, "include_existing_data": False})
+    good, bad = alpaca("FuseChat-Llama-3.2-3B"), alpaca("FuseChat-Llama-3.2-1B")
+    served = 0
+
+    def serve(rows: list[dict[str, Any]], per_hour: int, hour: int) -> None:
+        nonlocal served
+        for k in range(per_hour):
+            clock.set(START + timedelta(hours=hour + k / per_hour))
+            row = rows[served % len(rows)]
+            served += 1
+            version = loop.route(f"user-{served}")
+            rid = loop.log_usage(row["instruction"], row["output"], model=version.name, unit_id=f"user-{served}",
+                                 quality_score=quality_of(row), latency_ms=200.0)
+            loop.record_feedback(rid, 1 if quality_of(row) > 0.5 else -1)
+
+    for hour in range(168):  # the baseline week: base on 3B answers, 10 requests/h
+        serve(good, 10, hour)
+    clock.set(START + timedelta(hours=168))
+    loop.registry.register("base-v2", status=VersionStatus.CHAMPION, parent="base", reason="promoted")
+    loop.monitor.start("base-v2", "base", ArmSummary.from_values(quality_of(r) for r in good))
+    hour = 168
+    while loop.registry.champion().name == "base-v2":  # base-v2 serves 1B answers at 100 requests/h
+        assert hour < 180, "the drift monitor did not roll back"
+        serve(bad, 100, hour)
+        hour += 1
+        clock.set(START + timedelta(hours=hour))
+        loop.logger.flush()
+        loop.run_iteration()
+    assert loop.registry.get("base-v2").status is VersionStatus.RETIRED
+    would_fire = []
+    for _ in range(30):  # base serves 3B answers again, 10 requests/h
+        serve(good, 10, hour)
+        hour += 1
+        clock.set(START + timedelta(hours=hour))
+        loop.logger.flush()
+        result = loop.run_iteration()
+        qd = check_of_dict(result["trigger"], "quality_drop")
+        assert qd["fired"] is False, (hour, qd)
+        assert qd["model"] == "base"
+        now = clock()
+        with loop.store.read() as conn:  # every record, as the windows counted before
+            n_r, m_r, v_r = quality_window(conn, now - timedelta(hours=24), now)
+            n_b, m_b, v_b = quality_window(conn, now - timedelta(hours=192), now - timedelta(hours=24))
+        if (m_b - m_r) / m_b >= 0.10 and _one_sided_drop_p(n_b, m_b, v_b, n_r, m_r, v_r) < 0.001:
+            would_fire.append(hour)
+    assert would_fire, "the rolled-back records no longer make a significant drop: the test shows nothing"
+    assert loop.runs.list() == [] and trainer.calls == []
+
+
 def _log_scores(logger: UsageLogger, scores: list[float]) -> None:
     for i, s in enumerate(scores):
         logger.log(f"q{i}", f"r{i}", "base", quality_score=s)
@@ -233,7 +292,7 @@ def test_quality_drop_needs_enough_samples(tmp_path, clock, make_loop, alpaca, l
     qd = check_of(loop.triggers.check(), TriggerType.QUALITY_DROP)
     assert qd.fired is False
     assert qd.details["recent_n"] == 3 and qd.details["recent_mean"] == 0.0
-    assert "too few scored records (recent 3, baseline 150; need 100 each)" in qd.reason
+    assert "too few scored records of base (recent 3, baseline 150; need 100 each)" in qd.reason
 
 
 def test_a_schedule_due_on_an_empty_store_starts_no_run(tmp_path, clock, make_loop) -> None:
@@ -439,7 +498,7 @@ def test_a_schedule_due_while_a_challenger_is_under_test_is_used_up(tmp_path, cl
     assert datetime.fromisoformat(loop.get_status_summary()["status"]["next_scheduled_at"]) == START + timedelta(hours=336)
 
 
-def test_a_clock_in_a_dst_zone_keeps_periods_and_windows_in_real_hours(tmp_path, clock, make_loop, trainer) -> None:
+def test_a_clock_in_a_dst_zone_keeps_periods_and_windows_in_real_hours(tmp_path, clock, make_loop) -> None:
     """RELIABILITY row 16: a clock returning Europe/Berlin times across the switch to summer time
     (2026-03-29 02:00 CET -> 03:00 CEST): the weekly trigger fires once per period of 168 real hours, the
     cooldown is exact, the quality windows span real hours, and stored times are UTC."""
@@ -464,7 +523,7 @@ def test_a_clock_in_a_dst_zone_keeps_periods_and_windows_in_real_hours(tmp_path,
         return now.astimezone(timezone(timedelta(hours=2 if dst else 1)))
 
     assert local_now().utcoffset() == timedelta(hours=1)
-    loop = make_loop(tmp_path, local_now, train_fn=trainer, enable_ab_testing=False,
+    loop = make_loop(tmp_path, local_now,  # no train_fn: runs prepare data, base stays champion
                      trigger_config={"min_new_samples": None, "quality_drop_threshold": 0.5, "min_quality_samples": 1},
                      generator_config={"min_samples": 1, "include_existing_data": False})
     fired_at, trained_at = [], []
