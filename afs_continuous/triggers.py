@@ -96,6 +96,14 @@ _PRIORITY = [TriggerType.MANUAL, TriggerType.QUALITY_DROP, TriggerType.SAMPLE_CO
 class TriggerChecker:
     """Decides whether to retrain now.
 
+    The quality-drop trigger compares the mean quality score of the last
+    ``quality_window_hours`` with the ``quality_baseline_hours`` before, over
+    the records served by the current champion only (every record when the
+    registry has none), and fires on a drop of at least
+    ``quality_drop_threshold`` that is also significant (one-sided Welch
+    t-test, p < ``quality_drop_alpha``). Times are handled in UTC whatever zone
+    the clock returns.
+
     Args:
         store: The store (reads ``loop_state`` and the usage tables).
         config: Trigger thresholds.
@@ -245,7 +253,7 @@ def _of(model: str | None) -> str:
 def _one_sided_drop_p(n_base: int, base: float, var_base: float, n_recent: int, recent: float, var_recent: float) -> float:
     """One-sided p-value of Welch's t-test of H0 "recent mean >= baseline mean" (small: a clear drop).
 
-    Zero variance in both windows gives p 0 for any drop and 1 otherwise (never NaN).
+    Zero variance in both windows gives p 0 for any drop, 0.5 for equal means and 1 for a rise (never NaN).
     """
     from .stats import ArmSummary, welch_test  # scipy: imported at the first check that needs it
 
