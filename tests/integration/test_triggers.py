@@ -560,3 +560,20 @@ def test_schedule_with_the_clock_stepped_back_an_hour_or_forward_a_day(tmp_path,
         if check_of_dict(loop.run_iteration()["trigger"], "schedule")["fired"]:
             fired.append(hour)
     assert fired == [167 + 24, 191 + 168]  # the jump a day forward fires once; stepping back never refires
+
+
+def test_a_schedule_due_in_cooldown_is_used_up(tmp_path, clock, make_loop, trainer) -> None:
+    """A schedule shorter than the cooldown: the period that falls in the cooldown is skipped, not retried hourly."""
+    loop = make_loop(tmp_path, clock, enable_ab_testing=False, train_fn=trainer,
+                     trigger_config={**ONLY_SCHEDULE, "schedule_interval_hours": 12, "cooldown_hours": 18},
+                     generator_config={"min_samples": 3, "include_existing_data": False})
+    log_good(loop.logger, 3, prefix="a")
+    assert loop.run_iteration(manual=True)["retrain"]["status"] == "promoted"  # trained at h0
+    log_good(loop.logger, 3, prefix="b")
+    fired = []
+    for hour in range(1, 31):
+        clock.set(START + timedelta(hours=hour))
+        result = loop.run_iteration()
+        if check_of_dict(result["trigger"], "schedule")["fired"]:
+            fired.append((hour, result["trigger"]["blocked_by"], result["retrain_triggered"]))
+    assert fired == [(12, "cooldown", False), (24, None, True)]
