@@ -262,11 +262,28 @@ def arm_aggregates(conn: Connection, model: str, start: datetime, end: datetime)
     return out
 
 
-def quality_window(conn: Connection, start: datetime, end: datetime) -> tuple[int, float | None]:
-    """(count, mean) of quality scores of records created in ``(start, end]``."""
-    n, mean = conn.execute(
-        select(func.count(U.c.quality_score), func.avg(U.c.quality_score)).where(
-            U.c.created_at > start, U.c.created_at <= end
-        )
-    ).one()
-    return int(n), (float(mean) if mean is not None else None)
+def quality_window(conn: Connection, start: datetime, end: datetime, *,
+                   model: str | None = None) -> tuple[int, float | None, float | None]:
+    """Count, mean and sample variance of the quality scores of records created in ``(start, end]``.
+
+    Args:
+        conn: An open connection.
+        start / end: The window (UTC); records stamped after ``end`` never count.
+        model: Only records served by this model version (None: every record).
+
+    Returns:
+        ``(n, mean, variance)``: ``mean`` None when ``n == 0``, ``variance``
+        (ddof=1, clipped at 0 against rounding) None when ``n < 2``.
+    """
+    q = U.c.quality_score
+    conds = [U.c.created_at > start, U.c.created_at <= end]
+    if model is not None:
+        conds.append(U.c.model == model)
+    n, total, total_sq = conn.execute(select(func.count(q), func.sum(q), func.sum(q * q)).where(*conds)).one()
+    n = int(n)
+    if n == 0:
+        return 0, None, None
+    total, total_sq = float(total), float(total_sq)
+    mean = total / n
+    variance = max(0.0, (total_sq - total * mean) / (n - 1)) if n >= 2 else None
+    return n, mean, variance

@@ -4,12 +4,14 @@ Every function here works elementwise on numpy arrays (scalars are 0-d arrays),
 so :func:`afs_continuous.stats.compare` and the Monte Carlo simulations in
 ``tests/unit/test_stats_simulation.py`` and ``benchmarks/simulate_promotion.py``
 run the *same* code: the simulation exercises the production decision path,
-not a re-implementation of it.
+not a re-implementation of it. That includes the decision rule itself
+(:func:`decide_vec`), which :meth:`afs_continuous.experiment.ExperimentManager.evaluate`
+calls on each look's scalars and the simulator on arrays of looks.
 
 Nothing here validates its inputs; :mod:`afs_continuous.stats` does that. The
 kernels never produce NaN from a zero standard error: an estimate equal to the
 null gives ``z = 0`` (p = 1), any other estimate gives ``z = +-inf`` (p = 0).
-Formulas and sources are in ``docs/STATISTICS.md`` and in the docstrings of
+Formulas and sources are in ``docs/statistics.md`` and in the docstrings of
 :mod:`afs_continuous.stats`.
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -26,8 +28,6 @@ from scipy import stats as _st
 from afs_continuous.errors import ConfigError
 
 FloatArray = npt.NDArray[np.float64]
-Rule = Literal["fixed", "sequential", "strict"]
-RULES: tuple[Rule, ...] = ("fixed", "sequential", "strict")
 
 
 # -------------------------------------------------------------- validation
@@ -191,8 +191,93 @@ def promotable_vec(
     return np.asarray(base & (bar >= min_lift))
 
 
+# ------------------------------------------------------------ the decision rule
+#: Decisions, as the values of :class:`afs_continuous.experiment.Decision` (index = code).
+DECISIONS: tuple[str, ...] = ("continue", "promote", "stop", "invalid")
+CONTINUE, PROMOTE, STOP, INVALID = range(4)
+#: Why a look decided what it did: the first rule that decided or blocked, in the order they are checked.
+BRANCHES: tuple[str, ...] = ("srm", "too_few", "no_comparison", "regression", "guardrail", "too_young", "promote",
+                             "undecided")
+B_SRM, B_TOO_FEW, B_NO_COMPARISON, B_REGRESSION, B_GUARDRAIL, B_TOO_YOUNG, B_PROMOTE, B_UNDECIDED = range(8)
+_DECISION_OF_BRANCH = np.array([INVALID, CONTINUE, CONTINUE, STOP, STOP, CONTINUE, PROMOTE, CONTINUE])
+
+
+def decide_vec(
+    *,
+    srm_mismatch: npt.ArrayLike,
+    n_min: npt.ArrayLike,
+    compared: npt.ArrayLike,
+    significant: npt.ArrayLike,
+    lift: npt.ArrayLike,
+    promotable: npt.ArrayLike,
+    guardrail_violated: npt.ArrayLike,
+    elapsed_h: npt.ArrayLike,
+    min_samples: int,
+    min_duration_h: float,
+    max_duration_h: float | None,
+    stop_on_regression: bool,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """The promotion decision of one look (elementwise): ``(decision, branch, expired)`` codes.
+
+    The one rule behind :meth:`afs_continuous.experiment.ExperimentManager.evaluate` and the
+    simulations. In order: a sample-ratio mismatch -> invalid; fewer than ``min_samples`` units in
+    the smaller arm -> continue; no comparison (champion mean 0) -> continue; significantly worse
+    (``stop_on_regression``) -> stop; a guardrail violated -> stop; younger than
+    ``min_duration_h`` -> continue; ``promotable`` (this look's comparison) -> promote; otherwise
+    continue. A look still continuing (or invalid) at ``max_duration_h`` or later stops (``expired``).
+
+    Args:
+        srm_mismatch: The arm split is flagged (bool).
+        n_min: Units with the primary metric in the smaller arm.
+        compared: A comparison exists (both arms >= 2 units, champion mean > 0); where False,
+            ``significant``, ``lift`` and ``promotable`` are ignored.
+        significant, lift, promotable: This look's comparison (:func:`afs_continuous.stats.compare`):
+            ``p < alpha``, the relative lift, ``promotable_lift``.
+        guardrail_violated: Some guardrail is significantly worse than its margin (bool).
+        elapsed_h: Experiment age at the look, hours.
+        min_samples, min_duration_h, max_duration_h, stop_on_regression: The
+            :class:`~afs_continuous.config.ABTestConfig` settings of the same names.
+
+    Returns:
+        ``decision`` (index into :data:`DECISIONS`), ``branch`` (index into :data:`BRANCHES`) and
+        ``expired`` (stopped by ``max_duration_h``), each of the broadcast shape.
+    """
+    compared = np.asarray(compared, dtype=bool)
+    lift = np.where(compared, np.asarray(lift, dtype=np.float64), 0.0)
+    significant = compared & np.asarray(significant, dtype=bool)
+    elapsed = np.asarray(elapsed_h, dtype=np.float64)
+    conditions = [
+        np.asarray(srm_mismatch, dtype=bool),
+        np.asarray(n_min) < min_samples,
+        ~compared,
+        significant & (lift < 0) & bool(stop_on_regression),
+        np.asarray(guardrail_violated, dtype=bool),
+        elapsed < min_duration_h,
+        compared & np.asarray(promotable, dtype=bool),
+    ]
+    shape = np.broadcast_shapes(*(np.shape(c) for c in conditions))
+    branch = np.select([np.broadcast_to(c, shape) for c in conditions], list(range(len(conditions))), B_UNDECIDED)
+    decision = _DECISION_OF_BRANCH[branch]
+    open_ = (decision == CONTINUE) | (decision == INVALID)
+    expired = open_ & (max_duration_h is not None) & (elapsed >= (max_duration_h if max_duration_h is not None else np.inf))
+    return np.where(expired, STOP, decision), branch, np.asarray(expired)
+
+
+def srm_mismatch_vec(n_a: npt.ArrayLike, n_b: npt.ArrayLike, fraction_b: float, threshold: float) -> npt.NDArray[np.bool_]:
+    """Two-arm sample-ratio mismatch, elementwise, as :func:`afs_continuous.srm.srm_test` decides it:
+    Pearson chi-square (df 1) of the units per arm against ``(1 - fraction_b, fraction_b)``, flagged at
+    ``p < threshold`` once the smaller arm expects at least 5 units."""
+    n_a, n_b = np.asarray(n_a, dtype=np.float64), np.asarray(n_b, dtype=np.float64)
+    total = n_a + n_b
+    e_a, e_b = total * (1.0 - fraction_b), total * fraction_b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        chi2 = np.where(total > 0, (n_a - e_a) ** 2 / e_a + (n_b - e_b) ** 2 / e_b, 0.0)
+    decided = np.minimum(e_a, e_b) >= 5.0
+    return np.asarray(decided & (_st.chi2.sf(chi2, 1) < threshold))
+
+
 # -------------------------------------------------------------- simulation
-def first_promotion_look(
+def first_decision_look(
     m_a: FloatArray,
     v_a: FloatArray,
     n_a: FloatArray,
@@ -200,77 +285,82 @@ def first_promotion_look(
     v_b: FloatArray,
     n_b: FloatArray,
     *,
-    rule: Rule,
-    binary: bool,
-    alpha: float = 0.05,
-    min_lift: float = 0.05,
-    n_star: float = 5000,
-    min_samples: int = 100,
-) -> npt.NDArray[np.int64]:
-    """Index of the first look (last axis) at which ``rule`` promotes, or -1 if it never does.
+    config: Any,
+    binary: bool = False,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """First look (last axis) at which an experiment ends, and how: ``(look, decision)``.
 
-    Arrays hold cumulative per-arm summaries, shape ``(runs, looks)``. Looks
-    before both arms reach ``min_samples`` are skipped (the caller's burn-in).
-    ``"fixed"`` is the naive fixed-horizon test peeked at every look;
-    ``"sequential"`` is the default rule with the running-minimum sequential p;
-    ``"strict"`` requires the current always-valid lower bound >= ``min_lift``.
+    Arrays hold cumulative per-arm summaries (units, one value each), shape ``(runs, looks)``;
+    look ``i`` is at hour ``i + 1`` of the experiment. Every look takes the decision
+    :meth:`~afs_continuous.experiment.ExperimentManager.evaluate` takes with ``config`` (an
+    :class:`~afs_continuous.config.ABTestConfig`): this look's comparison as
+    :func:`afs_continuous.stats.compare` computes it, the sample-ratio check, and
+    :func:`decide_vec`. No guardrail data is simulated (never violated). ``binary=False``
+    matches the store, whose per-unit summaries are not marked binary.
+
+    Returns:
+        ``look``: index of the first promote or stop (-1: still running at the last look);
+        ``decision``: :data:`PROMOTE`, :data:`STOP` or :data:`CONTINUE` (still running).
     """
+    alpha, n_star = float(config.alpha), float(config.sequential_n_star)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _first_promotion_look(m_a, v_a, n_a, m_b, v_b, n_b, rule, binary, alpha, min_lift, n_star, min_samples)
+        compared = (n_a >= 2) & (n_b >= 2) & (m_a > 0)
+        safe_n_a, safe_n_b = np.where(compared, n_a, 2.0), np.where(compared, n_b, 2.0)
+        lift, se = relative_lift_vec(np.where(compared, m_a, 1.0), v_a, safe_n_a, m_b, v_b, safe_n_b)
+        lift, se = np.where(compared, lift, 0.0), np.where(compared, se, 0.0)
+        df = np.inf if binary else welch_df_vec(v_a, safe_n_a, v_b, safe_n_b)
+        ci_low, _, p = infer_vec(lift, se, n_a + n_b, df, alpha=alpha, sequential=bool(config.sequential), n_star=n_star)
+    significant = np.where(compared, p, 1.0) < alpha
+    promotable = promotable_vec(lift, ci_low, significant, min_lift=float(config.promotion_threshold),
+                                strict=bool(config.strict))
+    decision, _, _ = decide_vec(
+        srm_mismatch=srm_mismatch_vec(n_a, n_b, float(config.initial_challenger_traffic), float(config.srm_threshold)),
+        n_min=np.minimum(n_a, n_b), compared=compared, significant=significant, lift=lift, promotable=promotable,
+        guardrail_violated=False, elapsed_h=np.arange(1, m_a.shape[-1] + 1, dtype=np.float64),
+        min_samples=int(config.min_samples_per_arm), min_duration_h=float(config.min_duration_hours),
+        max_duration_h=config.max_duration_hours, stop_on_regression=bool(config.stop_on_regression),
+    )
+    ended = (decision == PROMOTE) | (decision == STOP)
+    look = np.where(ended.any(axis=-1), ended.argmax(axis=-1), -1)
+    at = np.take_along_axis(decision, np.maximum(look, 0)[..., None], axis=-1)[..., 0]
+    return look, np.where(look >= 0, at, CONTINUE)
 
 
-def _first_promotion_look(
-    m_a: FloatArray, v_a: FloatArray, n_a: FloatArray, m_b: FloatArray, v_b: FloatArray, n_b: FloatArray,
-    rule: Rule, binary: bool, alpha: float, min_lift: float, n_star: float, min_samples: int,
-) -> npt.NDArray[np.int64]:
-    ready = (n_a >= min_samples) & (n_b >= min_samples) & (n_a >= 2) & (n_b >= 2) & (m_a != 0)
-    safe_n_a, safe_n_b = np.where(ready, n_a, 2.0), np.where(ready, n_b, 2.0)
-    lift, se = relative_lift_vec(np.where(ready, m_a, 1.0), v_a, safe_n_a, m_b, v_b, safe_n_b)
-    lift, se = np.where(ready, lift, 0.0), np.where(ready, se, 0.0)
-    df = np.inf if binary else welch_df_vec(v_a, safe_n_a, v_b, safe_n_b)
-    sequential = rule != "fixed"
-    ci_low, _, p = infer_vec(lift, se, n_a + n_b, df, alpha=alpha, sequential=sequential, n_star=n_star)
-    p = np.where(ready, p, 1.0)
-    if sequential:
-        p = np.minimum.accumulate(p, axis=-1)  # the caller's running minimum over looks
-    promote = ready & promotable_vec(lift, ci_low, p < alpha, min_lift=min_lift, strict=rule == "strict")
-    return np.where(promote.any(axis=-1), promote.argmax(axis=-1), -1)
-
-
-def simulate_binary_promotion(
+def simulate_binary_experiments(
     *,
     n_runs: int,
     true_lift: float,
-    rules: tuple[Rule, ...] = RULES,
+    config: Any,
     p_champion: float = 0.30,
     requests_per_hour: int = 500,
-    challenger_fraction: float = 0.10,
-    n_hours: int = 168,
-    alpha: float = 0.05,
-    min_lift: float = 0.05,
-    n_star: float = 5000,
-    min_samples: int = 100,
+    n_hours: int | None = None,
     seed: int = 0,
-    chunk_runs: int = 5000,
-) -> dict[Rule, npt.NDArray[np.int64]]:
-    """Hourly-looked experiments on a 0/1 metric; returns, per rule, the first promoting hour (1-based) or -1.
+    chunk_runs: int = 2000,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Hourly-evaluated experiments on a 0/1 metric with the decision rule of ``config``.
 
-    Arms are drawn by :func:`binary_cumulative_arms`; runs are simulated in
-    chunks of ``chunk_runs`` to bound memory.
+    One request per unit; each goes to the challenger with probability
+    ``config.initial_challenger_traffic``. Runs are simulated in chunks of ``chunk_runs``.
+
+    Args:
+        n_hours: Hourly looks (default: ``config.max_duration_hours``, else 168).
+
+    Returns:
+        ``(hour, decision)`` per run: the 1-based hour at which it ended (-1: still running after
+        ``n_hours``) and :data:`PROMOTE`, :data:`STOP` or :data:`CONTINUE`.
     """
+    hours = n_hours if n_hours is not None else int(math.ceil(config.max_duration_hours or 168))
     rng = np.random.default_rng(seed)
-    out: dict[Rule, list[npt.NDArray[np.int64]]] = {r: [] for r in rules}
+    looks, decisions = [], []
     for start in range(0, n_runs, chunk_runs):
         arms = binary_cumulative_arms(
-            rng, min(chunk_runs, n_runs - start), n_hours, p_champion=p_champion, true_lift=true_lift,
-            requests_per_hour=requests_per_hour, challenger_fraction=challenger_fraction,
+            rng, min(chunk_runs, n_runs - start), hours, p_champion=p_champion, true_lift=true_lift,
+            requests_per_hour=requests_per_hour, challenger_fraction=float(config.initial_challenger_traffic),
         )
-        for r in rules:
-            look = first_promotion_look(
-                *arms, rule=r, binary=True, alpha=alpha, min_lift=min_lift, n_star=n_star, min_samples=min_samples
-            )
-            out[r].append(np.where(look >= 0, look + 1, -1))
-    return {r: np.concatenate(v) for r, v in out.items()}
+        look, decision = first_decision_look(*arms, config=config)
+        looks.append(np.where(look >= 0, look + 1, -1))
+        decisions.append(decision)
+    return np.concatenate(looks), np.concatenate(decisions)
 
 
 def binary_cumulative_arms(
@@ -285,9 +375,10 @@ def binary_cumulative_arms(
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
     """Cumulative ``(m_a, v_a, n_a, m_b, v_b, n_b)`` after each hour, shape ``(n_runs, n_hours)``.
 
-    Each request goes to the challenger with probability ``challenger_fraction``;
-    success rates are ``p_champion`` and ``p_champion * (1 + true_lift)``;
-    variances are ``p(1-p)`` as in :meth:`ArmSummary.from_proportion`.
+    Each request (one unit) goes to the challenger with probability ``challenger_fraction``;
+    success rates are ``p_champion`` and ``p_champion * (1 + true_lift)``; variances are the
+    sample variances (ddof=1) ``p(1-p) n/(n-1)`` that the store's per-unit summaries
+    (:meth:`ArmSummary.from_unit_sums` with one value per unit) give.
     """
     size = (n_runs, n_hours)
     hourly_b = rng.binomial(requests_per_hour, challenger_fraction, size=size)
@@ -297,11 +388,13 @@ def binary_cumulative_arms(
     s_b = np.cumsum(rng.binomial(hourly_b, p_champion * (1.0 + true_lift)), axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         m_a, m_b = np.where(n_a > 0, s_a / n_a, 0.0), np.where(n_b > 0, s_b / n_b, 0.0)
-    return m_a, m_a * (1.0 - m_a), n_a, m_b, m_b * (1.0 - m_b), n_b
+        v_a = np.where(n_a >= 2, m_a * (1.0 - m_a) * n_a / (n_a - 1.0), 0.0)
+        v_b = np.where(n_b >= 2, m_b * (1.0 - m_b) * n_b / (n_b - 1.0), 0.0)
+    return m_a, v_a, n_a, m_b, v_b, n_b
 
 
 def summarize_hours(first_hour: npt.NDArray[np.int64]) -> tuple[float, float | None]:
-    """``(share of runs that promoted, median promoting hour among them or None)``."""
+    """``(share of runs with an hour > 0, median of those hours or None)``."""
     hit = first_hour[first_hour > 0]
     share = hit.size / first_hour.size if first_hour.size else 0.0
     return share, (float(np.median(hit)) if hit.size else None)

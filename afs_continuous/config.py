@@ -187,6 +187,11 @@ class TriggerConfig(_Config):
     quality_drop_threshold: StrictFloat | None = Field(
         0.10, gt=0, lt=1, description="Quality-drop trigger: fractional drop of the recent mean quality below the baseline mean (0.10 = 10%)."
     )
+    quality_drop_alpha: StrictFloat = Field(
+        0.001, gt=0, lt=1, description="Quality-drop trigger: it fires only when the drop is also significant, i.e. the "
+        "one-sided Welch t-test of 'recent mean < baseline mean' has p below this. Checked every iteration, so keep it "
+        "small: at 0.001 unchanged traffic at 5 requests/h fired it in 3% of simulated weeks (docs/statistics.md)."
+    )
     quality_window_hours: StrictFloat = Field(24.0, gt=0, description="Length of the recent window for the quality-drop trigger, hours.")
     quality_baseline_hours: StrictFloat = Field(
         168.0, gt=0, description="Length of the baseline window that ends where the recent window starts, hours."

@@ -281,12 +281,16 @@ class ExperimentManager:
         experiment is at least ``min_duration_hours`` old, each arm has
         ``min_samples_per_arm`` samples, and there is no sample-ratio mismatch.
         Stop early when the challenger is significantly worse; stop when
-        ``max_duration_hours`` pass undecided.
+        ``max_duration_hours`` pass undecided. Each look decides on its own
+        comparison (this look's always-valid p-value and interval); the running
+        minimum p-value is recorded for reports only. The rule itself is
+        :func:`afs_continuous._stats_sequential.decide_vec`, which the
+        simulations behind ``docs/statistics.md`` run too.
 
         Args:
             exp: The running experiment.
             now: Evaluation time (default: the clock).
-            record: Store the evaluation on the experiment row (and the running minimum p-value).
+            record: Store the evaluation on the experiment row (and the running minimum p-value, reported only).
         """
         from . import stats  # scipy: imported on first evaluation, not with the package
 
@@ -317,48 +321,51 @@ class ExperimentManager:
         ev.extra["guardrails"] = guardrails
         violated = [g for g in guardrails if g["violated"]]
 
-        if srm.mismatch:
-            ev.decision = Decision.INVALID
+        from . import _stats_sequential as rule  # the one decision rule, shared with the simulations
+
+        decision, branch, expired = (int(x) for x in rule.decide_vec(
+            srm_mismatch=srm.mismatch, n_min=n_min, compared=cmp is not None,
+            significant=cmp is not None and cmp.significant, lift=cmp.lift if cmp is not None else 0.0,
+            promotable=cmp is not None and cmp.promotable_lift, guardrail_violated=bool(violated),
+            elapsed_h=elapsed_h, min_samples=cfg.min_samples_per_arm, min_duration_h=cfg.min_duration_hours,
+            max_duration_h=cfg.max_duration_hours, stop_on_regression=cfg.stop_on_regression,
+        ))
+        ev.decision = Decision(rule.DECISIONS[decision])
+        if branch == rule.B_SRM:
             ev.reasons.append(
                 f"sample-ratio mismatch: served {a['n_units']}/{b['n_units']} units vs configured "
                 f"{1 - exp.traffic_fraction:.0%}/{exp.traffic_fraction:.0%} (chi2 {srm.chi2:.1f}, p {srm.p_value:.2g} < "
                 f"{cfg.srm_threshold}); promotion blocked: fix the routing, then end the experiment "
                 f"(promote/rollback); it stops at max_duration_hours"
             )
-        elif n_min < cfg.min_samples_per_arm:
+        elif branch == rule.B_TOO_FEW:
             ev.reasons.append(f"not enough samples: {n_min} units in the smaller arm, need {cfg.min_samples_per_arm} per arm")
-        elif cmp is None:
+        elif cmp is None:  # B_NO_COMPARISON
             ev.reasons.append("champion mean is 0: relative lift undefined")
-        elif cmp.significant and cmp.lift < 0 and cfg.stop_on_regression:
-            ev.decision = Decision.STOP
+        elif branch == rule.B_REGRESSION:
             ev.reasons.append(
                 f"challenger significantly worse: lift {cmp.lift:+.1%} (CI {cmp.ci_low:+.1%} to {cmp.ci_high:+.1%}, p {cmp.p_value:.3g})"
             )
-        elif violated:
-            ev.decision = Decision.STOP
+        elif branch == rule.B_GUARDRAIL:
             for g in violated:
                 ev.reasons.append(
                     f"guardrail {g['metric']}: {g['change']:+.1%} (CI {g['ci_low']:+.1%} to {g['ci_high']:+.1%}) "
                     f"significantly worse than the allowed +{g['margin']:.0%}"
                 )
-        elif elapsed_h < cfg.min_duration_hours:
+        elif branch == rule.B_TOO_YOUNG:
             ev.reasons.append(f"minimum duration not reached: {elapsed_h:.1f} h of {cfg.min_duration_hours:g} h")
-        elif cmp.promotable_lift:
-            ev.decision = Decision.PROMOTE
+        elif branch == rule.B_PROMOTE:
             ev.reasons.append(
                 f"lift {cmp.lift:+.1%} >= {cfg.promotion_threshold:.0%} and significant "
                 f"(CI {cmp.ci_low:+.1%} to {cmp.ci_high:+.1%}, p {cmp.p_value:.3g} < {cfg.alpha})"
             )
+        elif not cmp.significant:  # B_UNDECIDED
+            ev.reasons.append(f"not significant: p {cmp.p_value:.3g} >= {cfg.alpha} (lift {cmp.lift:+.1%})")
+        elif cmp.lift < cfg.promotion_threshold:
+            ev.reasons.append(f"lift {cmp.lift:+.1%} below the promotion threshold {cfg.promotion_threshold:.0%}")
         else:
-            if not cmp.significant:
-                ev.reasons.append(f"not significant: p {cmp.p_value:.3g} >= {cfg.alpha} (lift {cmp.lift:+.1%})")
-            elif cmp.lift < cfg.promotion_threshold:
-                ev.reasons.append(f"lift {cmp.lift:+.1%} below the promotion threshold {cfg.promotion_threshold:.0%}")
-            else:
-                ev.reasons.append(f"lower bound {cmp.ci_low:+.1%} below the promotion threshold {cfg.promotion_threshold:.0%} (strict)")
-        if (ev.decision in (Decision.CONTINUE, Decision.INVALID) and cfg.max_duration_hours is not None
-                and elapsed_h >= cfg.max_duration_hours):
-            ev.decision = Decision.STOP
+            ev.reasons.append(f"lower bound {cmp.ci_low:+.1%} below the promotion threshold {cfg.promotion_threshold:.0%} (strict)")
+        if expired:
             ev.reasons.append(f"maximum duration reached undecided ({elapsed_h:.1f} h >= {cfg.max_duration_hours:g} h); champion stays")
         if record:
             self._record(exp, ev)

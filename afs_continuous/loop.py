@@ -301,7 +301,9 @@ class ContinuousLearningLoop:
         if sample_check is not None:  # the status summary reports this instead of recounting
             self.store.set_state("eligible_samples", {"n": sample_check.details["eligible_samples"],
                                                       "checked_at": now.isoformat()})
-        if trig.checks and any(c.trigger == TriggerType.SCHEDULE and c.fired for c in trig.checks) and trig.should_retrain:
+        if any(c.trigger == TriggerType.SCHEDULE and c.fired for c in trig.checks):
+            # A due schedule is used up by this check whether the run starts or is blocked (too few samples,
+            # cooldown, challenger under test): it fires once per period, never every hour until data arrives.
             self.store.set_state("last_schedule_at", now)
         if not trig.should_retrain:
             log.info("no retrain: %s", trig.reason)

@@ -10,8 +10,11 @@ al., identical to the normal-mixture mSPRT of Johari et al. (Optimizely Stats
 Engine), to GrowthBook's sequential testing and to Eppo's bound, applied to the
 delta-method relative lift. Its interval and p-value stay valid at every look, so
 the loop may decide whenever it wants; callers keep a burn-in (``min_samples``)
-because the guarantee is asymptotic, and keep the running minimum of the
-sequential p-value (:func:`running_min_p`) because :func:`compare` is stateless.
+because the guarantee is asymptotic. The loop decides on each look's own
+p-value and interval (:meth:`afs_continuous.experiment.ExperimentManager.evaluate`,
+rule in :func:`afs_continuous._stats_sequential.decide_vec`), which is at least
+as strict as the running minimum of the sequential p-value
+(:func:`running_min_p`, kept for reports because :func:`compare` is stateless).
 
 References:
     Johari, Koomen, Pekelis, Walsh (2017), "Peeking at A/B Tests", KDD.
@@ -212,7 +215,7 @@ class Comparison:
             always-valid confidence sequence when ``sequential``, else fixed-horizon.
         ci_high: Upper end of that interval.
         p_value: Two-sided p for ``lift == 0``; the per-look sequential p when
-            ``sequential`` (keep the running minimum with :func:`running_min_p`).
+            ``sequential`` (the loop decides on it; :func:`running_min_p` gives the running minimum for reports).
         significant: ``p_value < alpha`` (equivalently, the interval excludes 0).
         absolute_diff: ``challenger.mean - champion.mean``, in the metric's unit.
         se: Delta-method standard error of ``lift``.
@@ -504,7 +507,7 @@ def compare(
     ``L +- q SE_L`` with ``q`` the normal quantile when both arms are binary and
     the Welch t quantile otherwise (as gbstats). ``compare`` is stateless: it
     does not enforce a burn-in (the caller's ``min_samples``) and returns the
-    per-look p; keep the running minimum with :func:`running_min_p`.
+    per-look p, on which the loop decides (:func:`running_min_p` keeps a running minimum for reports).
 
     Args:
         champion: Current model's arm (denominator of the lift; mean != 0).

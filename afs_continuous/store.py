@@ -539,8 +539,8 @@ class Store:
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
+    if isinstance(value, datetime):  # stored in UTC, whatever zone the clock returned
+        return value.astimezone(timezone.utc).isoformat() if value.tzinfo is not None else value.isoformat()
     if hasattr(value, "value"):
         return value.value
     raise TypeError(f"cannot serialise {type(value).__name__} to JSON")

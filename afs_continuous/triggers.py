@@ -12,7 +12,7 @@ State keys used (in ``loop_state``):
 - ``last_training_at``: when the last training run called its train_fn
   (cooldown and schedule reference).
 - ``last_schedule_at``: when the schedule trigger last fired (it fires once per
-  period even if the run was skipped).
+  period even if the run was skipped or blocked; the loop writes it).
 - ``data_watermark``: creation time of the newest record consumed by the last
   successful training run; only records after it count as new.
 """
@@ -25,8 +25,9 @@ from enum import Enum
 from typing import Any
 
 from ._queries import backfill_content_hashes, count_eligible, quality_window
-from .clock import Clock, utc_now
+from .clock import Clock, ensure_utc, utc_now
 from .config import DataGeneratorConfig, TriggerConfig
+from .registry import ModelRegistry
 from .store import Store, parse_dt
 
 __all__ = ["TriggerChecker", "TriggerResult", "TriggerCheck", "TriggerType"]
@@ -95,6 +96,14 @@ _PRIORITY = [TriggerType.MANUAL, TriggerType.QUALITY_DROP, TriggerType.SAMPLE_CO
 class TriggerChecker:
     """Decides whether to retrain now.
 
+    The quality-drop trigger compares the mean quality score of the last
+    ``quality_window_hours`` with the ``quality_baseline_hours`` before, over
+    the records served by the current champion only (every record when the
+    registry has none), and fires on a drop of at least
+    ``quality_drop_threshold`` that is also significant (one-sided Welch
+    t-test, p < ``quality_drop_alpha``). Times are handled in UTC whatever zone
+    the clock returns.
+
     Args:
         store: The store (reads ``loop_state`` and the usage tables).
         config: Trigger thresholds.
@@ -134,7 +143,8 @@ class TriggerChecker:
             blocked_by: A reason that prevents retraining regardless (e.g. a
                 challenger still under test); reported in the result.
         """
-        now = self.clock() if now is None else now
+        # UTC: with a clock in a DST zone, now - timedelta(hours=...) would count wall-clock hours
+        now = ensure_utc(self.clock() if now is None else now, name="now")
         st = self.state()
         checks: list[TriggerCheck] = []
         if manual:
@@ -191,27 +201,62 @@ class TriggerChecker:
                             f"{elapsed_h:.1f} h since {ref.isoformat()} {'>=' if fired else '<'} {hours:g} h", details)
 
     def _quality_drop(self, now: datetime) -> TriggerCheck:
+        """Fires when the recent mean quality is at least ``quality_drop_threshold`` below the baseline mean
+        and the drop is significant (one-sided Welch t-test, p < ``quality_drop_alpha``)."""
         cfg = self.config
         threshold = cfg.quality_drop_threshold
         recent_start = now - timedelta(hours=cfg.quality_window_hours)
         base_start = recent_start - timedelta(hours=cfg.quality_baseline_hours)
         with self.store.read() as conn:
-            n_recent, recent = quality_window(conn, recent_start, now)
-            n_base, base = quality_window(conn, base_start, recent_start)
+            # Only the serving champion's records: a rolled-back or retired version's (or a challenger's)
+            # answers say nothing about the champion's quality; both windows measure the same model.
+            champion = ModelRegistry(self.store).champion(conn=conn)
+            model = champion.name if champion is not None else None
+            n_recent, recent, var_recent = quality_window(conn, recent_start, now, model=model)
+            n_base, base, var_base = quality_window(conn, base_start, recent_start, model=model)
         drop = (base - recent) / base if (base and recent is not None and base > 0) else None
-        details = {"recent_mean": recent, "recent_n": n_recent, "baseline_mean": base, "baseline_n": n_base,
-                   "drop": drop, "threshold": threshold, "min_samples": cfg.min_quality_samples}
+        need = max(cfg.min_quality_samples, 2)  # the test needs a variance in each window
+        details: dict[str, Any] = {
+            "recent_mean": recent, "recent_n": n_recent, "baseline_mean": base, "baseline_n": n_base, "drop": drop,
+            "threshold": threshold, "min_samples": cfg.min_quality_samples, "p_value": None, "alpha": cfg.quality_drop_alpha,
+            "model": model,
+        }
         if threshold is None:
             return TriggerCheck(TriggerType.QUALITY_DROP, False, "disabled", details)
-        if min(n_recent, n_base) < cfg.min_quality_samples:
+        if min(n_recent, n_base) < need:
             return TriggerCheck(TriggerType.QUALITY_DROP, False,
-                                f"too few scored records (recent {n_recent}, baseline {n_base}; need "
-                                f"{cfg.min_quality_samples} each)", details)
+                                f"too few scored records{_of(model)} (recent {n_recent}, baseline {n_base}; need {need} "
+                                f"each)", details)
         if drop is None or recent is None or base is None:  # a baseline mean of 0 cannot drop
             return TriggerCheck(TriggerType.QUALITY_DROP, False, f"baseline mean is {base}: no drop to measure",
                                 details)
-        # a drop of exactly the threshold fires: means are float sums, so 1.0 -> 0.9 gives 0.0999...98
-        fired = drop >= threshold - 1e-9
-        return TriggerCheck(TriggerType.QUALITY_DROP, fired,
-                            f"recent mean {recent:.3f} vs baseline {base:.3f}: drop {drop:.1%} "
-                            f"{'>=' if fired else '<'} {threshold:.0%}", details)
+        assert var_recent is not None and var_base is not None  # n >= 2 in both windows
+        p = _one_sided_drop_p(n_base, base, var_base, n_recent, recent, var_recent)
+        details["p_value"] = p
+        head = f"recent mean{_of(model)} {recent:.3f} (n {n_recent}) vs baseline {base:.3f} (n {n_base}): drop {drop:.1%}"
+        # a drop of exactly the threshold counts: means are float sums, so 1.0 -> 0.9 gives 0.0999...98
+        if drop < threshold - 1e-9:
+            return TriggerCheck(TriggerType.QUALITY_DROP, False, f"{head} < {threshold:.0%}", details)
+        if p >= cfg.quality_drop_alpha:
+            return TriggerCheck(TriggerType.QUALITY_DROP, False,
+                                f"{head} >= {threshold:.0%} but within the noise (one-sided Welch p {p:.2g} >= "
+                                f"quality_drop_alpha {cfg.quality_drop_alpha:g})", details)
+        return TriggerCheck(TriggerType.QUALITY_DROP, True,
+                            f"{head} >= {threshold:.0%} and significant (one-sided Welch p {p:.2g} < "
+                            f"{cfg.quality_drop_alpha:g})", details)
+
+
+def _of(model: str | None) -> str:
+    return f" of {model}" if model is not None else ""
+
+
+def _one_sided_drop_p(n_base: int, base: float, var_base: float, n_recent: int, recent: float, var_recent: float) -> float:
+    """One-sided p-value of Welch's t-test of H0 "recent mean >= baseline mean" (small: a clear drop).
+
+    Zero variance in both windows gives p 0 for any drop, 0.5 for equal means and 1 for a rise (never NaN).
+    """
+    from .stats import ArmSummary, welch_test  # scipy: imported at the first check that needs it
+
+    res = welch_test(ArmSummary(n_base, base, var_base), ArmSummary(n_recent, recent, var_recent))
+    two_sided = res["p_value"]
+    return two_sided / 2.0 if res["t"] < 0 else 1.0 - two_sided / 2.0

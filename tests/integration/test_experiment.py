@@ -266,3 +266,53 @@ def test_heavy_users_do_not_fake_a_sample_ratio_mismatch(experiment_loop, clock,
     assert ev["srm"]["observed"] == [3000 - n_challenger_units, n_challenger_units]
     assert ev["srm"]["mismatch"] is False
     assert ev["decision"] != "invalid"
+
+
+# ------------------------------------------------------------------ one rule: the store and the simulation
+@pytest.mark.parametrize(("true_lift", "overrides", "expected"), [
+    (0.5, {"min_duration_hours": 12}, "promote"),
+    (-0.5, {}, "stop"),
+    (0.0, {"max_duration_hours": 30}, "stop"),
+])
+def test_store_decisions_equal_the_simulation_rule(store_url, clock, true_lift, overrides, expected) -> None:
+    """Hourly evaluations of an experiment in a real store decide, look by look, exactly what the
+    simulation behind docs/statistics.md decides on the same units (``first_decision_look``)."""
+    import numpy as np
+
+    from afs_continuous import ABTestConfig, Store, UsageLogger
+    from afs_continuous import _stats_sequential as k
+    from afs_continuous.experiment import ExperimentManager
+
+    cfg = ABTestConfig(initial_challenger_traffic=0.5, min_samples_per_arm=50, **overrides)
+    store = Store(store_url)
+    logger = UsageLogger(store, clock=clock)
+    manager = ExperimentManager(store, cfg, clock=clock)
+    exp = manager.start("a", "b", seed="one-rule")
+    t0 = clock()
+    rng = np.random.default_rng(3)
+    values: dict[str, list[float]] = {"a": [], "b": []}
+    cumulative: list[tuple[float, ...]] = []
+    store_decisions = []
+    for hour in range(1, 61):
+        for i in range(40):
+            uid = f"u{hour}-{i}"
+            arm = "b" if manager.assign(exp, uid) == Arm.CHALLENGER else "a"
+            p = 0.3 * (1 + true_lift) if arm == "b" else 0.3
+            y = float(rng.random() < p)
+            values[arm].append(y)
+            clock.set(t0 + timedelta(hours=hour - 1, seconds=90 * i))
+            logger.log(f"q {uid}", "r", arm, quality_score=y, unit_id=uid)
+        clock.set(t0 + timedelta(hours=hour))
+        assert logger.flush(timeout_s=30)
+        ev = manager.evaluate(exp, record=False)
+        store_decisions.append(ev.decision.value)
+        cumulative.append(tuple(x for arm in ("a", "b") for x in (
+            float(np.mean(values[arm])), float(np.var(values[arm], ddof=1)), float(len(values[arm])))))
+        if ev.decision.value in ("promote", "stop"):
+            break
+    logger.close()
+    store.dispose()
+    arms = [np.array([[row[j] for row in cumulative]]) for j in range(6)]
+    look, decision = k.first_decision_look(*arms, config=cfg)
+    assert store_decisions[-1] == expected
+    assert (int(look[0]) + 1, k.DECISIONS[int(decision[0])]) == (len(store_decisions), expected)

@@ -361,3 +361,33 @@ def test_srm_not_against_5050():
 def test_doctests():
     result = doctest.testmod(stats, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 5 and result.failed == 0
+
+
+def test_decision_rule_checks_in_order_and_broadcasts():
+    """decide_vec: the rule ExperimentManager.evaluate applies to each look, and the simulations to arrays."""
+    from afs_continuous import _stats_sequential as k
+
+    base = dict(srm_mismatch=False, n_min=500, compared=True, significant=True, lift=0.08, promotable=True,
+                guardrail_violated=False, elapsed_h=60.0, min_samples=200, min_duration_h=48.0,
+                max_duration_h=336.0, stop_on_regression=True)
+    cases = [
+        ({}, k.PROMOTE, k.B_PROMOTE),
+        ({"elapsed_h": 47.9}, k.CONTINUE, k.B_TOO_YOUNG),  # the 48 h gate, on this look's p
+        ({"srm_mismatch": True}, k.INVALID, k.B_SRM),
+        ({"n_min": 199}, k.CONTINUE, k.B_TOO_FEW),
+        ({"compared": False}, k.CONTINUE, k.B_NO_COMPARISON),
+        ({"lift": -0.08, "promotable": False, "elapsed_h": 3.0}, k.STOP, k.B_REGRESSION),  # no gate for a regression
+        ({"lift": -0.08, "promotable": False, "stop_on_regression": False}, k.CONTINUE, k.B_UNDECIDED),
+        ({"guardrail_violated": True}, k.STOP, k.B_GUARDRAIL),
+        ({"significant": False, "promotable": False}, k.CONTINUE, k.B_UNDECIDED),
+        ({"significant": False, "promotable": False, "elapsed_h": 336.0}, k.STOP, k.B_UNDECIDED),
+        ({"srm_mismatch": True, "elapsed_h": 400.0}, k.STOP, k.B_SRM),
+        ({"significant": False, "promotable": False, "elapsed_h": 5000.0, "max_duration_h": None}, k.CONTINUE, k.B_UNDECIDED),
+    ]
+    for change, decision, branch in cases:
+        d, b, expired = k.decide_vec(**{**base, **change})
+        assert (int(d), int(b)) == (decision, branch), change
+        assert bool(expired) is (decision == k.STOP and branch in (k.B_UNDECIDED, k.B_SRM))
+    d, b, _ = k.decide_vec(**{**base, "elapsed_h": np.array([[1.0, 47.0, 48.0, 400.0]])})
+    assert d.tolist() == [[k.CONTINUE, k.CONTINUE, k.PROMOTE, k.PROMOTE]]
+    assert [k.DECISIONS[i] for i in d[0]] == ["continue", "continue", "promote", "promote"]
