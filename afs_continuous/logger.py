@@ -22,6 +22,7 @@ twice, is never lost.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import math
 import os
@@ -43,9 +44,9 @@ from ._text import clean_text
 from .clock import Clock, utc_now
 from .config import Durability, LoggerConfig
 from .errors import StoreError
-from .store import FeedbackEvent, Store, UsageRecord, dumps
+from .store import FeedbackEvent, Store, UsageRecord
 
-__all__ = ["UsageLogger", "validate_feedback", "validate_quality", "validate_latency"]
+__all__ = ["UsageLogger", "validate_feedback", "validate_quality", "validate_latency", "validate_metadata"]
 
 log = logging.getLogger("afs_continuous")
 
@@ -97,6 +98,77 @@ def validate_latency(latency_ms: Any) -> float | None:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"latency_ms must be a finite number >= 0 (milliseconds), got {latency_ms!r}")
     return value
+
+
+def validate_metadata(metadata: Any) -> str | None:
+    """Return ``metadata`` encoded as strict JSON (keys sorted), or None.
+
+    Raises:
+        ValueError: ``metadata`` is not a mapping, or holds a key that is not a
+            str or a value that is not JSON (str, int, finite float, bool,
+            None, list, tuple, dict); the message names the key path, e.g.
+            ``metadata['a'][1]: nan is not a finite number``.
+    """
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise ValueError("metadata must be a mapping (dict) of str keys to JSON values, "
+                         f"got {type(metadata).__name__}")
+    value = metadata if type(metadata) is dict else dict(metadata)
+    try:
+        _check_json(value)
+    except _NotJson as bad:
+        raise ValueError(f"metadata{''.join(reversed(bad.path))}: {bad.why}; metadata must hold JSON values only "
+                         "(str keys; str, int, finite float, bool, None, lists and dicts)") from None
+    return json.dumps(value, sort_keys=True, allow_nan=False)
+
+
+class _NotJson(Exception):
+    def __init__(self, why: str) -> None:
+        self.why = why
+        self.path: list[str] = []
+
+
+def _check_json(value: Any) -> None:
+    """Raise :class:`_NotJson` (with the key path, innermost first) unless ``value`` is plain JSON."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return
+    if kind is float or isinstance(value, float):
+        if value - value != 0.0:  # NaN or +-inf
+            raise _NotJson(f"{value!r} is not a finite number")
+        return
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _NotJson(f"key {key!r} is not a str")
+            try:
+                _check_json(item)
+            except _NotJson as bad:
+                bad.path.append(f"[{key!r}]")
+                raise
+        return
+    if kind is list or kind is tuple:
+        for i, item in enumerate(value):
+            try:
+                _check_json(item)
+            except _NotJson as bad:
+                bad.path.append(f"[{i}]")
+                raise
+        return
+    if isinstance(value, int) and not isinstance(value, bool):
+        return
+    raise _NotJson(f"{kind.__name__} is not a JSON value")
+
+
+def _unit_text(unit_id: Any) -> str | None:
+    kind = type(unit_id)
+    if kind is str or unit_id is None:
+        return unit_id
+    if kind is int:
+        return str(unit_id)
+    raise ValueError(f"unit_id must be a str or an int (user or conversation id), got {unit_id!r} "
+                     f"({kind.__name__})")
 
 
 def _as_text(value: Any, name: str) -> str:
@@ -196,14 +268,18 @@ class UsageLogger:
                 ``loop.route(...).name`` so the record counts for its arm).
             latency_ms: End-to-end latency in milliseconds (>= 0), optional.
             quality_score: Quality in [0, 1] (e.g. an automatic judge), optional.
-            unit_id: The unit the request was routed by (user or conversation id).
-            metadata: Extra JSON-serialisable fields stored with the record.
+            unit_id: The unit the request was routed by (user or conversation
+                id): a str, or an int (stored as its decimal text).
+            metadata: Extra fields stored with the record: a mapping with str
+                keys and JSON values (str, int, finite float, bool, None,
+                lists, dicts), nested at any depth.
 
         Returns:
             The record id (32 hex characters), usable with :meth:`record_feedback`.
 
         Raises:
-            ValueError: An argument is invalid (the message names it).
+            ValueError: An argument is invalid (the message names it, and for
+                ``metadata`` the offending key path); nothing is stored.
             StoreError: The logger was closed, or (sync mode) the write failed.
         """
         query = _as_text(query, "query")
@@ -212,7 +288,8 @@ class UsageLogger:
             raise ValueError(f"model must be a non-empty str naming the model version, got {model!r}")
         latency = validate_latency(latency_ms)
         quality = validate_quality(quality_score)
-        meta = dumps(dict(metadata)) if metadata is not None else None
+        meta = None if metadata is None else validate_metadata(metadata)
+        unit = _unit_text(unit_id)
         if self._closed:
             raise StoreError("this UsageLogger is closed; create a new one")
         record_id = uuid.uuid4().hex
@@ -223,7 +300,7 @@ class UsageLogger:
         if q_len > max_chars or r_len > max_chars:
             query, response = query[:max_chars], response[:max_chars]
         row = (record_id, self.clock(), query, response, model, latency, quality,
-               None if unit_id is None else str(unit_id), meta, q_len, r_len)
+               unit, meta, q_len, r_len)
         recent = self._recent
         recent[record_id] = None
         if len(recent) > _RECENT_IDS:

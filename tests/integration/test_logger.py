@@ -346,3 +346,50 @@ def test_huge_responses_do_not_pile_up_in_memory(db: Path, clock: ManualClock) -
     assert all(r["truncated"] and len(r["response"]) == 10_000 for r in recs)
     assert {r["response_chars"] for r in recs} == {5_000_000, 10_000_000}
     lg.close()
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"a": float("nan")}, r"metadata\['a'\]: nan is not a finite number"),
+        ({"a": {"b": [1, float("inf")]}}, r"metadata\['a'\]\['b'\]\[1\]: inf is not a finite number"),
+        ({"a": b"bytes"}, r"metadata\['a'\]: bytes is not a JSON value"),
+        ({"a": object()}, r"metadata\['a'\]: object is not a JSON value"),
+        ({"a": {1: "x"}}, r"metadata\['a'\]: key 1 is not a str"),
+        ({2: "x"}, r"metadata: key 2 is not a str"),
+        (5, r"metadata must be a mapping \(dict\) of str keys to JSON values, got int"),
+        (b"x", r"metadata must be a mapping .*got bytes"),
+        ([("a", 1)], r"metadata must be a mapping .*got list"),
+    ],
+)
+def test_bad_metadata_rejected_naming_the_argument_and_the_key_path(logger: UsageLogger, db: Path, metadata: Any,
+                                                                     message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        logger.log("q", "r", "m", metadata=metadata)
+    assert logger.get_statistics()["total"] == 0
+
+
+def test_metadata_is_stored_as_strict_json(logger: UsageLogger) -> None:
+    from types import MappingProxyType
+
+    meta = {"route": "/chat", "n": 3, "x": 0.5, "ok": True, "none": None, "tags": ["a", 1, [2.5]], "nested": {"k": "v"}}
+    logger.log("q", "r", "m", metadata=MappingProxyType(meta))
+    stored = logger.get_records()[0]["metadata_json"]
+
+    def no_constants(name: str) -> Any:
+        raise AssertionError(f"non-standard JSON constant {name} stored")
+
+    assert json.loads(stored, parse_constant=no_constants) == meta
+
+
+@pytest.mark.parametrize("unit_id", [["u", 1], 1.5, b"user", True, {"u": 1}, ("u",)])
+def test_unit_id_other_than_str_or_int_is_rejected(logger: UsageLogger, unit_id: Any) -> None:
+    with pytest.raises(ValueError, match=r"^unit_id must be a str or an int \(user or conversation id\), got"):
+        logger.log("q", "r", "m", unit_id=unit_id)
+    assert logger.get_statistics()["total"] == 0
+
+
+def test_unit_id_str_and_int_are_accepted(logger: UsageLogger) -> None:
+    logger.log("q", "r", "m", unit_id="user-1")
+    logger.log("q", "r", "m", unit_id=42)
+    assert sorted(r["unit_id"] for r in logger.get_records()) == ["42", "user-1"]
