@@ -22,7 +22,6 @@ twice, is never lost.
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import math
 import os
@@ -40,17 +39,20 @@ from typing import Any, Mapping
 from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 
+from ._drops import DropTally, SpoolFile, loud_error, store_problem, where
 from ._text import clean_text
+from ._validate import unit_text as _unit_text, validate_metadata
 from .clock import Clock, utc_now
 from .config import Durability, LoggerConfig
 from .errors import StoreError
-from .store import FeedbackEvent, Store, UsageRecord
+from .store import FeedbackEvent, Store, UsageRecord, WriterDrop
 
 __all__ = ["UsageLogger", "validate_feedback", "validate_quality", "validate_latency", "validate_metadata"]
 
 log = logging.getLogger("afs_continuous")
 
 _USAGE = UsageRecord.__table__  # type: ignore[attr-defined]
+_DROPS = WriterDrop.__table__  # type: ignore[attr-defined]
 _FEEDBACK = FeedbackEvent.__table__  # type: ignore[attr-defined]
 _RECENT_IDS = 65_536
 _MAX_RETRIES = 8
@@ -98,77 +100,6 @@ def validate_latency(latency_ms: Any) -> float | None:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"latency_ms must be a finite number >= 0 (milliseconds), got {latency_ms!r}")
     return value
-
-
-def validate_metadata(metadata: Any) -> str | None:
-    """Return ``metadata`` encoded as strict JSON (keys sorted), or None.
-
-    Raises:
-        ValueError: ``metadata`` is not a mapping, or holds a key that is not a
-            str or a value that is not JSON (str, int, finite float, bool,
-            None, list, tuple, dict); the message names the key path, e.g.
-            ``metadata['a'][1]: nan is not a finite number``.
-    """
-    if metadata is None:
-        return None
-    if not isinstance(metadata, Mapping):
-        raise ValueError("metadata must be a mapping (dict) of str keys to JSON values, "
-                         f"got {type(metadata).__name__}")
-    value = metadata if type(metadata) is dict else dict(metadata)
-    try:
-        _check_json(value)
-    except _NotJson as bad:
-        raise ValueError(f"metadata{''.join(reversed(bad.path))}: {bad.why}; metadata must hold JSON values only "
-                         "(str keys; str, int, finite float, bool, None, lists and dicts)") from None
-    return json.dumps(value, sort_keys=True, allow_nan=False)
-
-
-class _NotJson(Exception):
-    def __init__(self, why: str) -> None:
-        self.why = why
-        self.path: list[str] = []
-
-
-def _check_json(value: Any) -> None:
-    """Raise :class:`_NotJson` (with the key path, innermost first) unless ``value`` is plain JSON."""
-    kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
-        return
-    if kind is float or isinstance(value, float):
-        if value - value != 0.0:  # NaN or +-inf
-            raise _NotJson(f"{value!r} is not a finite number")
-        return
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str:
-                raise _NotJson(f"key {key!r} is not a str")
-            try:
-                _check_json(item)
-            except _NotJson as bad:
-                bad.path.append(f"[{key!r}]")
-                raise
-        return
-    if kind is list or kind is tuple:
-        for i, item in enumerate(value):
-            try:
-                _check_json(item)
-            except _NotJson as bad:
-                bad.path.append(f"[{i}]")
-                raise
-        return
-    if isinstance(value, int) and not isinstance(value, bool):
-        return
-    raise _NotJson(f"{kind.__name__} is not a JSON value")
-
-
-def _unit_text(unit_id: Any) -> str | None:
-    kind = type(unit_id)
-    if kind is str or unit_id is None:
-        return unit_id
-    if kind is int:
-        return str(unit_id)
-    raise ValueError(f"unit_id must be a str or an int (user or conversation id), got {unit_id!r} "
-                     f"({kind.__name__})")
 
 
 def _as_text(value: Any, name: str) -> str:
@@ -234,6 +165,11 @@ class UsageLogger:
         self.n_write_errors = 0
         self.last_error: str | None = None
         self._last_drop_log = 0.0
+        self._dropped = [0, 0]  # records, feedback events: dropped in this process
+        self._fb_committed = 0
+        self._tally = DropTally()  # dropped but not yet counted in the store's writer_drops table
+        self._tally_lock = threading.Lock()
+        self._spool = SpoolFile(self.store.path) if self.store.path is not None else None
         self._init_writer()
         ref = weakref.ref(self)
         atexit.register(_close_at_exit, ref)
@@ -425,13 +361,19 @@ class UsageLogger:
             return [dict(r._mapping) for r in conn.execute(stmt)]
 
     def writer_stats(self) -> dict[str, Any]:
-        """Counters of this process's writer: logged, committed, dropped, errors, queue depth."""
+        """Counters of this process's writer: logged, committed, dropped, errors, queue depth.
+
+        Drops of every process, persisted in the store, are in
+        ``get_status_summary()["drops"]``.
+        """
         return {
             "durability": self.config.durability.value,
             "n_logged": self.n_logged,
             "n_feedback": self.n_feedback,
             "n_committed": self.n_committed,
             "n_dropped": self.n_dropped,
+            "n_dropped_records": self._dropped[0],
+            "n_dropped_feedback": self._dropped[1],
             "n_write_errors": self.n_write_errors,
             "queue_depth": 0 if self._sync else self._queue.qsize(),
             "last_error": self.last_error,
@@ -461,14 +403,24 @@ class UsageLogger:
             try:
                 self._queue.put(item, timeout=self.config.enqueue_timeout_s)
             except queue.Full:
-                self.n_dropped += 1
-                self._log_drop("queue full for %.1f s" % self.config.enqueue_timeout_s)
+                is_event = len(item) == 3
+                self._count_drop(int(not is_event), int(is_event),
+                                 f"the writer queue stayed full for {self.config.enqueue_timeout_s:g} s "
+                                 "(the store is slower than the traffic, or locked)")
 
-    def _log_drop(self, why: str) -> None:
+    def _count_drop(self, n_records: int, n_feedback: int, why: str) -> None:
+        """Count records/events that were not written: in this process, for the store, and say so (ERROR)."""
+        with self._tally_lock:
+            self._dropped[0] += n_records
+            self._dropped[1] += n_feedback
+            self.n_dropped += n_records + n_feedback
+            self._tally.add(n_records, n_feedback, why, self.clock())
         now = time.monotonic()
         if now - self._last_drop_log >= 10.0:
             self._last_drop_log = now
-            log.error("afs_continuous dropped records (%s); %d dropped so far", why, self.n_dropped)
+            loud_error("afs_continuous is DROPPING records: %d records and %d feedback events not written to the "
+                       "store %s so far: %s. They are counted in the store (writer_drops, shown by `afs-continuous "
+                       "status`) once writing works again.", self._dropped[0], self._dropped[1], where(self.store), why)
 
     def _run(self) -> None:
         q = self._queue
@@ -527,21 +479,77 @@ class UsageLogger:
                     elif fb_rows:
                         conn.execute(insert(_FEEDBACK), fb_rows)
                 self.n_committed += len(rows)
+                self._fb_committed += len(fb_rows)
+                if self._tally or (self._spool is not None and self._spool.pending()):
+                    self._persist_drops()
                 return
             except OperationalError as exc:  # locked / busy / disk I/O: transient, retry
-                self.last_error = str(exc.orig if exc.orig is not None else exc)
+                self.last_error = store_problem(exc)  # never the statement's parameters (user text)
                 if attempt == _MAX_RETRIES - 1:
                     break
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
             except Exception as exc:  # noqa: BLE001 - the writer must never die
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = f"{type(exc).__name__}: {store_problem(exc)}"
                 break
         self.n_write_errors += 1
-        self.n_dropped += len(rows) + len(fb_rows)
-        self._log_drop(f"write failed: {self.last_error}")
+        self._count_drop(len(rows), len(fb_rows), f"write failed: {self.last_error}")
         if self._sync:
             raise StoreError(f"could not write to the store {self.store.url}: {self.last_error}")
+
+    def _persist_drops(self) -> None:
+        """Write the pending drop counts (and any spooled by exited processes) to ``writer_drops``.
+
+        Own transaction after a successful batch, so a failure here never costs a record.
+        """
+        with self._tally_lock:
+            tally = self._tally.take()
+        try:
+            with self._write_lock, self.store.write() as conn:
+                if tally:
+                    conn.execute(insert(_DROPS), [tally.row()])
+                if self._spool is not None:
+                    self._spool.store_into(conn)
+            if self._spool is not None:
+                self._spool.done()
+        except Exception as exc:  # noqa: BLE001 - keep the counts for the next successful write
+            log.warning("could not record dropped-record counts in the store yet: %s", store_problem(exc))
+            with self._tally_lock:
+                self._tally.merge(tally)
+
+    def _unwritten(self) -> tuple[int, int]:
+        """(records, feedback events) handed over to this logger and neither committed nor counted as dropped."""
+        with self._tally_lock:
+            return (max(0, self.n_logged - self.n_committed - self._dropped[0]),
+                    max(0, self.n_feedback - self._fb_committed - self._dropped[1]))
+
+    def _abandon(self, waited_s: float) -> None:
+        """At exit, when the writer could not commit in time: say how much is lost and why (ERROR), and spool
+        the counts so that the next logger on this store records them in ``writer_drops``."""
+        n_records, n_feedback = self._unwritten()
+        if n_records or n_feedback:
+            why = (f"not written before the process exited: the store did not accept writes within {waited_s:.0f} s "
+                   f"({self.last_error or 'its write lock was held by another process'})")
+            loud_error("afs_continuous LOST %d records and %d feedback events at exit: %s; store %s",
+                       n_records, n_feedback, why, where(self.store))
+            self._count_drop(n_records, n_feedback, why)
+        with self._tally_lock:
+            tally = self._tally.take()
+        if not tally:
+            return
+        if self._spool is None:
+            loud_error("afs_continuous: %d dropped records and %d feedback events could not be counted in the store "
+                       "%s (it is not a SQLite file, so there is no spool file beside it)", tally.n_records,
+                       tally.n_feedback, where(self.store))
+            return
+        try:
+            self._spool.append(tally)
+        except OSError as exc:
+            loud_error("afs_continuous: could not write the drop spool %s: %s", self._spool.path, exc)
+            return
+        loud_error("afs_continuous: %d records and %d feedback events dropped by this process were never written to "
+                   "the store %s (last reason: %s); the next logger on this store counts them in writer_drops (from %s)",
+                   tally.n_records, tally.n_feedback, where(self.store), tally.reason, self._spool.path)
 
 
 _USAGE_COLUMNS = ("id", "created_at", "query", "response", "model", "latency_ms", "quality_score", "unit_id",
@@ -583,7 +591,9 @@ def _install_sigterm_flush() -> None:
 
     def _on_sigterm(signum: int, frame: Any) -> None:
         for logger in list(_LIVE):
-            logger.flush(timeout_s=logger.config.flush_interval_s + 5.0)
+            waited = logger.config.flush_interval_s + 5.0
+            if not logger.flush(timeout_s=waited) and previous in (signal.SIG_DFL, None):
+                logger._abandon(waited)  # the process ends now: say what is lost
         if callable(previous):
             previous(signum, frame)
         elif previous == signal.SIG_DFL:
@@ -599,8 +609,15 @@ def _install_sigterm_flush() -> None:
 
 def _close_at_exit(ref: "weakref.ref[UsageLogger]") -> None:
     logger = ref()
-    if logger is not None:
-        logger.close(timeout_s=logger.config.flush_interval_s + 10.0)
+    if logger is None:
+        return
+    waited = logger.config.flush_interval_s + 10.0
+    if not logger._closed:
+        logger.close(timeout_s=waited)
+    elif logger._thread is not None and logger._thread.is_alive():  # closed earlier, but not drained then
+        logger._thread.join(waited)
+    if logger._unwritten() != (0, 0) or logger._tally:
+        logger._abandon(waited)
 
 
 def _before_fork(ref: "weakref.ref[UsageLogger]") -> None:
@@ -624,4 +641,8 @@ def _reset_after_fork(ref: "weakref.ref[UsageLogger]") -> None:
     logger._init_writer()
     logger._recent.clear()
     logger.n_logged = logger.n_feedback = logger.n_committed = logger.n_dropped = logger.n_write_errors = 0
+    logger._dropped = [0, 0]
+    logger._fb_committed = 0
+    logger._tally = DropTally()
+    logger._tally_lock = threading.Lock()
     logger.last_error = None

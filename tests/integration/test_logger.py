@@ -393,3 +393,153 @@ def test_unit_id_str_and_int_are_accepted(logger: UsageLogger) -> None:
     logger.log("q", "r", "m", unit_id="user-1")
     logger.log("q", "r", "m", unit_id=42)
     assert sorted(r["unit_id"] for r in logger.get_records()) == ["42", "user-1"]
+
+
+# --------------------------------------------------------------------------------------------------
+# drops every process can see: disk full, a write lock held at exit, a damaged store
+
+def writer_drops(db: Path) -> list[tuple[Any, ...]]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT n_records, n_feedback, reason, host, pid FROM writer_drops ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+DISK_FULL_CHILD = textwrap.dedent("""
+    import json, resource, signal, sys
+    from afs_continuous import LoggerConfig, UsageLogger
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing us
+    lg = UsageLogger(sys.argv[1], config=LoggerConfig(flush_interval_s=0.05))
+    for i in range(20):
+        lg.log(f"before {i}", "answer", "m")
+    assert lg.flush(30)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY))  # the disk is full now
+    ids = [lg.log(f"while full {i}", "answer", "m") for i in range(30)]
+    for rid in ids[:5]:
+        lg.record_feedback(rid, 1)
+    flushed = lg.flush(60)
+    during = lg.writer_stats()
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # space returns
+    for i in range(10):
+        lg.log(f"after {i}", "answer", "m")
+    assert lg.flush(30)
+    print(json.dumps({"flushed": flushed, "during": during, "after": lg.writer_stats()}))
+    lg.close()
+""")
+
+
+def test_disk_full_drops_are_counted_shown_and_writing_resumes(tmp_path: Path, db: Path) -> None:
+    """Reliability row 12 (the file-size limit makes every write of the store fail as on a full disk)."""
+    Store(str(db)).dispose()
+    proc = subprocess.run([sys.executable, "-c", DISK_FULL_CHILD, str(db)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["flushed"] is True  # flush() returned, nothing raised into the caller
+    assert (out["during"]["n_dropped_records"], out["during"]["n_dropped_feedback"]) == (30, 5)
+    assert out["after"]["n_committed"] == 30
+    # said loudly (logging unconfigured: Python's last-resort handler prints errors), with the store's path
+    assert "afs_continuous is DROPPING records" in proc.stderr and str(db) in proc.stderr
+    assert "while full" not in proc.stderr  # never the user's text
+    assert "Traceback" not in proc.stderr
+    store = Store(str(db))
+    assert store.integrity_check() == "ok"
+    store.dispose()
+    assert count_rows(db) == 30
+    drops = writer_drops(db)
+    assert sum(d[0] for d in drops) == 30 and sum(d[1] for d in drops) == 5
+    assert all(("full" in d[2] or "I/O" in d[2]) for d in drops)
+    # shown by every process's status
+    from afs_continuous import ContinuousLearningLoop, LoopConfig
+
+    loop = ContinuousLearningLoop(LoopConfig(db_path=str(db), data_dir=str(tmp_path / "data")))
+    summary = loop.get_status_summary()["drops"]
+    loop.close()
+    assert (summary["records"], summary["feedback"], summary["recent_records"], summary["processes"]) == (30, 5, 30, 1)
+    assert "write failed" in summary["last_reason"]
+    status = subprocess.run([sys.executable, "-m", "afs_continuous.cli", "status", "--db", str(db)],
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert "DROPPED (store)  30 records, 5 feedback events by 1 process(es)" in status.stdout
+
+
+LOCKED_AT_EXIT_CHILD = textwrap.dedent("""
+    import logging, sys, time
+    from afs_continuous import UsageLogger
+    logging.getLogger("afs_continuous").addHandler(logging.NullHandler())  # a library-style silent logger
+    lg = UsageLogger(sys.argv[1])
+    for i in range(100):
+        lg.log(f"question {i}", "answer", "m")
+    print("logged", flush=True)
+    # exit: atexit flushes, but another process holds the write lock
+""")
+
+
+def test_write_lock_held_at_exit_reports_and_counts_the_lost_records(tmp_path: Path, db: Path) -> None:
+    """Item: 0 of 100 acknowledged records written at exit, and no message. Now: an error line saying how many
+    and why (also with only a NullHandler), and the next logger on the store counts them in writer_drops."""
+    import os
+    import stat
+    import time as _time
+
+    Store(str(db)).dispose()
+    holder = sqlite3.connect(db, isolation_level=None, timeout=30)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        t0 = _time.monotonic()
+        proc = subprocess.run([sys.executable, "-c", LOCKED_AT_EXIT_CHILD, str(db)], capture_output=True, text=True,
+                              timeout=60)
+        took = _time.monotonic() - t0
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert proc.returncode == 0 and proc.stdout.strip() == "logged", proc.stderr
+    assert took < 25
+    assert "LOST 100 records and 0 feedback events at exit" in proc.stderr, proc.stderr
+    assert "write lock was held by another process" in proc.stderr and str(db) in proc.stderr
+    spool = db.with_name(db.name + "-drops.jsonl")
+    assert stat.S_IMODE(os.stat(spool).st_mode) == 0o600
+    assert count_rows(db) == 0 and writer_drops(db) == []
+    # the next logger (any process) records them at its first successful write
+    with UsageLogger(db) as lg:
+        lg.log("next process", "answer", "m")
+    drops = writer_drops(db)
+    assert len(drops) == 1 and drops[0][:2] == (100, 0)
+    assert "not written before the process exited" in drops[0][2]
+    assert not spool.exists() and not list(tmp_path.glob("usage.db-drops.jsonl.*"))
+    with UsageLogger(db) as lg:  # stored once, however many loggers come later
+        lg.log("and another", "answer", "m")
+    assert len(writer_drops(db)) == 1
+
+
+def damage_pages(db: Path, n_records: int = 3000) -> None:
+    """A store with an intact header and damaged data pages (the table's last leaves overwritten)."""
+    import random
+
+    with UsageLogger(db) as lg:
+        for i in range(n_records):
+            lg.log(f"q{i}", "r" * 200, "m")
+    lg.store.dispose()
+    size = db.stat().st_size
+    rng = random.Random(11)
+    with db.open("r+b") as fh:
+        for page in range(size // 4096 - 40, size // 4096 - 1):
+            fh.seek(page * 4096)
+            fh.write(rng.randbytes(4096))
+
+
+def test_damaged_store_the_logger_says_loudly_that_it_drops_and_why(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    damage_pages(db)
+    lg = UsageLogger(db)  # the header is intact: opening works
+    with caplog.at_level("ERROR", logger="afs_continuous"):
+        for i in range(50):
+            lg.log(f"secret question {i}", "answer", "m")
+        assert lg.flush(30) is True
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors, "the logger dropped records without a word"
+    msg = errors[0]
+    assert "DROPPING records" in msg and str(db) in msg
+    assert "malformed" in msg and "damaged" in msg and ".recover" in msg and "restore a backup" in msg
+    assert "secret question" not in msg
+    assert lg.writer_stats()["n_dropped_records"] == 50
+    lg.close()
