@@ -14,6 +14,11 @@ block commit everything handed over so far. Only a hard kill (``kill -9``, power
 and only those handed over in the last ``flush_interval_s``. With
 ``durability="sync"`` every call commits before it returns.
 
+Records that cannot be written (queue full, store failing, still queued when
+the process exits) are counted as dropped, reported at ERROR level with the
+store and the cause, and recorded in the store's ``writer_drops`` table for
+every process to see (see :mod:`afs_continuous._drops`).
+
 Feedback is stored as append-only events (the latest event per record wins), so
 feedback that arrives before its record is committed, from another process, or
 twice, is never lost.
@@ -26,7 +31,6 @@ import logging
 import math
 import os
 import queue
-import signal
 import threading
 import time
 import uuid
@@ -40,6 +44,12 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 
 from ._drops import DropTally, SpoolFile, loud_error, store_problem, where
+from ._logger_process import LIVE as _LIVE
+from ._logger_process import after_fork_parent as _after_fork_parent
+from ._logger_process import before_fork as _before_fork
+from ._logger_process import close_at_exit as _close_at_exit
+from ._logger_process import install_sigterm_flush as _install_sigterm_flush
+from ._logger_process import reset_after_fork as _reset_after_fork
 from ._text import clean_text
 from ._validate import unit_text as _unit_text, validate_metadata
 from .clock import Clock, utc_now
@@ -216,7 +226,12 @@ class UsageLogger:
         Raises:
             ValueError: An argument is invalid (the message names it, and for
                 ``metadata`` the offending key path); nothing is stored.
-            StoreError: The logger was closed, or (sync mode) the write failed.
+            StoreError: The logger was closed, or (``sync`` durability only) the
+                commit failed after its retries (disk full, store damaged or
+                unreachable); the record is not stored and is counted as dropped.
+                In ``async`` durability storage errors never raise here: the
+                writer retries, then counts the records as dropped (see
+                ``get_status_summary()["drops"]``) and logs an ERROR.
         """
         query = _as_text(query, "query")
         response = _as_text(response, "response")
@@ -529,7 +544,7 @@ class UsageLogger:
         n_records, n_feedback = self._unwritten()
         if n_records or n_feedback:
             why = (f"not written before the process exited: the store did not accept writes within {waited_s:.0f} s "
-                   f"({self.last_error or 'its write lock was held by another process'})")
+                   f"({self.last_error or 'no error: the writer was still waiting for the write lock, held by another process'})")
             loud_error("afs_continuous LOST %d records and %d feedback events at exit: %s; store %s",
                        n_records, n_feedback, why, where(self.store))
             self._count_drop(n_records, n_feedback, why)
@@ -575,74 +590,3 @@ def _record_row(r: tuple[Any, ...], sqlite: bool) -> Any:
     values = (record_id, _sqlite_ts(created_at) if sqlite else created_at, query, response, model, latency, quality,
               unit_id, meta, None, int(truncated) if sqlite else truncated, q_len, r_len)
     return values if sqlite else dict(zip(_USAGE_COLUMNS, values))
-
-
-_LIVE: "weakref.WeakSet[UsageLogger]" = weakref.WeakSet()
-_SIGTERM_INSTALLED = False
-
-
-def _install_sigterm_flush() -> None:
-    """Once per process, from the main thread: on SIGTERM flush every live logger, then do what
-    the previous handler would have done (default: terminate with the usual SIGTERM status)."""
-    global _SIGTERM_INSTALLED
-    if _SIGTERM_INSTALLED or threading.current_thread() is not threading.main_thread():
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def _on_sigterm(signum: int, frame: Any) -> None:
-        for logger in list(_LIVE):
-            waited = logger.config.flush_interval_s + 5.0
-            if not logger.flush(timeout_s=waited) and previous in (signal.SIG_DFL, None):
-                logger._abandon(waited)  # the process ends now: say what is lost
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    try:
-        signal.signal(signal.SIGTERM, _on_sigterm)
-    except ValueError:  # not the main interpreter thread after all
-        return
-    _SIGTERM_INSTALLED = True
-
-
-def _close_at_exit(ref: "weakref.ref[UsageLogger]") -> None:
-    logger = ref()
-    if logger is None:
-        return
-    waited = logger.config.flush_interval_s + 10.0
-    if not logger._closed:
-        logger.close(timeout_s=waited)
-    elif logger._thread is not None and logger._thread.is_alive():  # closed earlier, but not drained then
-        logger._thread.join(waited)
-    if logger._unwritten() != (0, 0) or logger._tally:
-        logger._abandon(waited)
-
-
-def _before_fork(ref: "weakref.ref[UsageLogger]") -> None:
-    logger = ref()
-    if logger is not None:
-        logger._write_lock.acquire()
-
-
-def _after_fork_parent(ref: "weakref.ref[UsageLogger]") -> None:
-    logger = ref()
-    if logger is not None and logger._write_lock.locked():
-        logger._write_lock.release()
-
-
-def _reset_after_fork(ref: "weakref.ref[UsageLogger]") -> None:
-    """In a forked child: fresh queue, writer, lock and counters; never reuse the parent's connections."""
-    logger = ref()
-    if logger is None:
-        return
-    logger.store.engine.dispose(close=False)
-    logger._init_writer()
-    logger._recent.clear()
-    logger.n_logged = logger.n_feedback = logger.n_committed = logger.n_dropped = logger.n_write_errors = 0
-    logger._dropped = [0, 0]
-    logger._fb_committed = 0
-    logger._tally = DropTally()
-    logger._tally_lock = threading.Lock()
-    logger.last_error = None

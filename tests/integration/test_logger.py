@@ -496,7 +496,7 @@ def test_write_lock_held_at_exit_reports_and_counts_the_lost_records(tmp_path: P
     assert proc.returncode == 0 and proc.stdout.strip() == "logged", proc.stderr
     assert took < 25
     assert "LOST 100 records and 0 feedback events at exit" in proc.stderr, proc.stderr
-    assert "write lock was held by another process" in proc.stderr and str(db) in proc.stderr
+    assert "waiting for the write lock, held by another process" in proc.stderr and str(db) in proc.stderr
     spool = db.with_name(db.name + "-drops.jsonl")
     assert stat.S_IMODE(os.stat(spool).st_mode) == 0o600
     assert count_rows(db) == 0 and writer_drops(db) == []
