@@ -423,7 +423,7 @@ class UsageLogger:
                                  f"the writer queue stayed full for {self.config.enqueue_timeout_s:g} s "
                                  "(the store is slower than the traffic, or locked)")
 
-    def _count_drop(self, n_records: int, n_feedback: int, why: str) -> None:
+    def _count_drop(self, n_records: int, n_feedback: int, why: str, *, report: bool = True) -> None:
         """Count records/events that were not written: in this process, for the store, and say so (ERROR)."""
         with self._tally_lock:
             self._dropped[0] += n_records
@@ -431,7 +431,7 @@ class UsageLogger:
             self.n_dropped += n_records + n_feedback
             self._tally.add(n_records, n_feedback, why, self.clock())
         now = time.monotonic()
-        if now - self._last_drop_log >= 10.0:
+        if report and now - self._last_drop_log >= 10.0:
             self._last_drop_log = now
             loud_error("afs_continuous is DROPPING records: %d records and %d feedback events not written to the "
                        "store %s so far: %s. They are counted in the store (writer_drops, shown by `afs-continuous "
@@ -539,32 +539,30 @@ class UsageLogger:
                     max(0, self.n_feedback - self._fb_committed - self._dropped[1]))
 
     def _abandon(self, waited_s: float) -> None:
-        """At exit, when the writer could not commit in time: say how much is lost and why (ERROR), and spool
-        the counts so that the next logger on this store records them in ``writer_drops``."""
+        """At exit, when the writer could not commit in time: say how much is lost and why (one ERROR line),
+        and spool the counts so that the next logger on this store records them in ``writer_drops``."""
         n_records, n_feedback = self._unwritten()
+        lost = ""
         if n_records or n_feedback:
             why = (f"not written before the process exited: the store did not accept writes within {waited_s:.0f} s "
                    f"({self.last_error or 'no error: the writer was still waiting for the write lock, held by another process'})")
-            loud_error("afs_continuous LOST %d records and %d feedback events at exit: %s; store %s",
-                       n_records, n_feedback, why, where(self.store))
-            self._count_drop(n_records, n_feedback, why)
+            lost = f"LOST {n_records} records and {n_feedback} feedback events at exit: {why}; "
+            self._count_drop(n_records, n_feedback, why, report=False)
         with self._tally_lock:
             tally = self._tally.take()
         if not tally:
             return
         if self._spool is None:
-            loud_error("afs_continuous: %d dropped records and %d feedback events could not be counted in the store "
-                       "%s (it is not a SQLite file, so there is no spool file beside it)", tally.n_records,
-                       tally.n_feedback, where(self.store))
-            return
-        try:
-            self._spool.append(tally)
-        except OSError as exc:
-            loud_error("afs_continuous: could not write the drop spool %s: %s", self._spool.path, exc)
-            return
-        loud_error("afs_continuous: %d records and %d feedback events dropped by this process were never written to "
-                   "the store %s (last reason: %s); the next logger on this store counts them in writer_drops (from %s)",
-                   tally.n_records, tally.n_feedback, where(self.store), tally.reason, self._spool.path)
+            counted = "not counted in the store (a server database has no spool file beside it)"
+        else:
+            try:
+                self._spool.append(tally)
+                counted = f"the next logger on this store counts them in writer_drops (from {self._spool.path})"
+            except OSError as exc:
+                counted = f"not counted in the store (writing {self._spool.path} failed: {exc})"
+        reason = "" if lost else f" (last reason: {tally.reason})"
+        loud_error("afs_continuous %sstore %s; in all %d records and %d feedback events dropped by this process were "
+                   "never written%s; %s", lost, where(self.store), tally.n_records, tally.n_feedback, reason, counted)
 
 
 _USAGE_COLUMNS = ("id", "created_at", "query", "response", "model", "latency_ms", "quality_score", "unit_id",
