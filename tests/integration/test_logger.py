@@ -543,3 +543,34 @@ def test_damaged_store_the_logger_says_loudly_that_it_drops_and_why(db: Path, ca
     assert "secret question" not in msg
     assert lg.writer_stats()["n_dropped_records"] == 50
     lg.close()
+
+
+def test_queue_full_drops_are_recorded_in_the_store_when_writing_resumes(tmp_path: Path, clock: ManualClock,
+                                                                         make_loop, store_url: str) -> None:
+    """SQLite and PostgreSQL: drops counted while the store is locked reach writer_drops at the next write."""
+    from sqlalchemy import create_engine, text
+
+    loop = make_loop(tmp_path, clock, logger_config={"queue_size": 1, "enqueue_timeout_s": 0, "flush_interval_s": 0.01})
+    if store_url.startswith("sqlite"):
+        holder: Any = sqlite3.connect(tmp_path / "usage.db", isolation_level=None, timeout=30)
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        release = lambda: (holder.execute("ROLLBACK"), holder.close())  # noqa: E731
+    else:
+        engine = create_engine(store_url)
+        holder = engine.connect()
+        trans = holder.begin()
+        holder.execute(text("LOCK TABLE usage_records IN EXCLUSIVE MODE"))  # inserts wait
+        release = lambda: (trans.rollback(), holder.close(), engine.dispose())  # noqa: E731
+    try:
+        for i in range(50):
+            loop.log_usage(f"q{i}", "r", "base")
+        assert loop.logger.writer_stats()["n_dropped_records"] >= 1
+    finally:
+        release()
+    assert loop.logger.flush(30)
+    dropped = loop.logger.writer_stats()["n_dropped_records"]
+    assert loop.logger.get_statistics()["total"] == 50 - dropped
+    drops = loop.get_status_summary()["drops"]
+    assert (drops["records"], drops["feedback"], drops["events"], drops["processes"]) == (dropped, 0, 1, 1)
+    assert drops["recent_records"] == dropped and "queue stayed full" in drops["last_reason"]
+    assert drops["last_at"] == clock().isoformat()
