@@ -574,3 +574,58 @@ def test_queue_full_drops_are_recorded_in_the_store_when_writing_resumes(tmp_pat
     assert (drops["records"], drops["feedback"], drops["events"], drops["processes"]) == (dropped, 0, 1, 1)
     assert drops["recent_records"] == dropped and "queue stayed full" in drops["last_reason"]
     assert drops["last_at"] == clock().isoformat()
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path):
+    """A 2 MB tmpfs (root only; skipped where mounting is not permitted), unmounted afterwards."""
+    import os
+
+    mnt = tmp_path / "tinyfs"
+    mnt.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_on_a_tiny_tmpfs(tiny_fs: Path, clock: ManualClock) -> None:
+    """Reliability row 12 on a real full file system (ENOSPC): no exception into the caller, drops counted and
+    shown, the store consistent, writing resumes when space returns."""
+    db = tiny_fs / "usage.db"
+    lg = UsageLogger(db, clock=clock, config=LoggerConfig(flush_interval_s=0.02))
+    for i in range(20):
+        lg.log(f"before {i}", "answer", "m")
+    assert lg.flush(30)
+    filler = tiny_fs / "filler"
+    with filler.open("wb") as fh:  # fill the file system
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+    ids = [lg.log(f"while full {i}", "x" * 2000, "m") for i in range(30)]
+    for rid in ids[:5]:
+        lg.record_feedback(rid, 1)
+    assert lg.flush(60) is True  # returns; nothing raised into the caller
+    stats = lg.writer_stats()
+    assert (stats["n_dropped_records"], stats["n_dropped_feedback"]) == (30, 5)
+    assert "full" in stats["last_error"]
+    filler.unlink()  # space returns
+    for i in range(10):
+        lg.log(f"after {i}", "answer", "m")
+    assert lg.flush(30)
+    assert lg.get_statistics()["total"] == 30
+    lg.close()
+    lg.store.dispose()
+    assert count_rows(db) == 30
+    drops = writer_drops(db)
+    assert (sum(d[0] for d in drops), sum(d[1] for d in drops)) == (30, 5)
+    assert all("database or disk is full" in d[2] for d in drops)
+    store = Store(str(db))
+    assert store.integrity_check() == "ok"
+    store.dispose()
