@@ -155,6 +155,7 @@ class SpoolFile:
     def __init__(self, store_path: Path) -> None:
         self.path = store_path.with_name(store_path.name + "-drops.jsonl")
         self._claimed: list[Path] = []
+        self._sizes: dict[Path, int] = {}  # bytes of each claimed file that were read
         self._scanned = False
 
     def append(self, tally: DropTally) -> None:
@@ -189,10 +190,14 @@ class SpoolFile:
         rows: dict[str, dict[str, Any]] = {}
         for path in self._claimed:
             try:
-                lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+                data = path.read_bytes()
             except FileNotFoundError:  # stored and removed by another logger meanwhile
                 continue
+            self._sizes[path] = len(data)
+            lines = data.decode("utf-8", errors="replace").split("\n")
             for line in lines:
+                if not line.strip():
+                    continue
                 try:
                     obj = json.loads(line)
                     row = {k: obj[k] for k in ("event_id", "host", "pid", "n_records", "n_feedback", "reason")}
@@ -209,10 +214,19 @@ class SpoolFile:
         return len(new)
 
     def done(self) -> None:
-        """Remove the claimed spool files (their events are in the store now)."""
+        """Remove the claimed spool files whose events are in the store now. A file that grew after it was
+        read (an exiting process appended to it while it was being claimed) is kept for the next write."""
+        kept = []
         for path in self._claimed:
+            try:
+                if path.stat().st_size != self._sizes.get(path):
+                    kept.append(path)
+                    continue
+            except FileNotFoundError:
+                continue
             path.unlink(missing_ok=True)
-        self._claimed = []
+        self._claimed = kept
+        self._sizes = {}
 
 
 def drops_summary(conn: Connection, now: datetime) -> dict[str, Any]:
