@@ -18,7 +18,7 @@ from json.encoder import encode_basestring as _json_str  # the C encoder of json
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from ._io import make_private_dirs
+from ._io import escape_line_separators, jsonl_line, make_private_dirs
 from .config import OutputFormat
 
 __all__ = ["ShuffleWriter", "chat_pair", "encoded_line", "format_chat", "format_pair", "json_str", "pair_line",
@@ -70,8 +70,14 @@ def pair_line(fmt: OutputFormat, query: str, response: str, system_prompt: str |
 
 
 def json_str(text: str) -> str:
-    """``text`` as a JSON string literal (quotes included), as ``json.dumps(text, ensure_ascii=False)``."""
-    return _json_str(text)
+    """``text`` as a JSON string literal (quotes included), as ``json.dumps(text, ensure_ascii=False)``,
+    except that U+0085, U+2028 and U+2029 are escaped so that a line stays one line for readers that
+    split with ``str.splitlines()`` (the other splitlines separators are control characters, escaped anyway).
+
+    >>> json_str("a\u2028b")
+    '"a\\\\u2028b"'
+    """
+    return escape_line_separators(_json_str(text))
 
 
 def encoded_line(fmt: OutputFormat, query_json: str, response_json: str, system_prompt: str | None = None) -> str:
@@ -81,7 +87,7 @@ def encoded_line(fmt: OutputFormat, query_json: str, response_json: str, system_
         return '{"instruction": ' + q + ', "input": "", "output": ' + r + "}\n"
     if fmt is OutputFormat.COMPLETION:
         return '{"prompt": ' + q + ', "completion": ' + r + "}\n"
-    system = '{"role": "system", "content": ' + _json_str(system_prompt) + "}, " if system_prompt else ""
+    system = '{"role": "system", "content": ' + json_str(system_prompt) + "}, " if system_prompt else ""
     return ('{"messages": [' + system + '{"role": "user", "content": ' + q + '}, {"role": "assistant", "content": '
             + r + "}]}\n")
 
@@ -115,8 +121,8 @@ class ShuffleWriter:
         self._files: list[IO[str]] = [p.open("w", encoding="utf-8") for p in self._paths]
 
     def write(self, row: dict[str, Any]) -> None:
-        """Add one JSON object as a line."""
-        self.write_line(json.dumps(row, ensure_ascii=False) + "\n")
+        """Add one JSON object as a line (see :func:`~afs_continuous._io.jsonl_line`)."""
+        self.write_line(jsonl_line(row))
 
     def write_line(self, line: str) -> None:
         """Add one line (ending in a newline)."""

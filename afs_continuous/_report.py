@@ -73,6 +73,11 @@ def format_status(summary: Mapping[str, Any]) -> str:
     writer = u.get("writer") or {}
     if writer.get("n_dropped"):
         lines.append(f"  DROPPED RECORDS  {writer['n_dropped']} (last error: {writer.get('last_error')})")
+    drops = summary.get("drops") or {}
+    if drops.get("records") or drops.get("feedback"):
+        lines.append(f"  DROPPED (store)  {drops['records']} records, {drops['feedback']} feedback events by "
+                     f"{drops['processes']} process(es); last 24 h: {drops['recent_records']} records, "
+                     f"{drops['recent_feedback']} feedback; last at {drops['last_at']} ({drops['last_reason']})")
     lines += [
         "",
         "Models",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +22,7 @@ import click
 from ._imports import import_callable, train_fn_from_config
 from ._report import format_iteration, format_run_report, format_runs, format_status, format_versions
 from .config import ENV_PREFIX, LoopConfig, config_record, load_config
-from .errors import AfsContinuousError, ConfigError, NotFoundError, SchemaVersionError
+from .errors import AfsContinuousError, ConfigError, NotFoundError, SchemaVersionError, StoreError
 from .lease import LeaseHeld
 
 __all__ = ["main", "daemon_main", "resolve_eval_fn", "resolve_train_fn"]
@@ -99,6 +100,25 @@ def _open_loop(config: LoopConfig, *, must_exist: bool = True) -> Any:
         return ContinuousLearningLoop(config, verify_store=True)  # a damaged store: a clear error, not a traceback
     except AfsContinuousError as exc:
         raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # a raw database error while opening (full disk, read-only store): one line
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from ._drops import store_problem
+
+        if not isinstance(exc, (SQLAlchemyError, sqlite3.Error)):
+            raise
+        url = make_url(config.store_url)
+        shown = url.database if url.get_backend_name() == "sqlite" else url.render_as_string(hide_password=True)
+        raise click.ClickException(f"cannot open the store {shown}: {store_problem(exc)}") from None
+
+
+def _summary(loop: Any) -> dict[str, Any]:
+    """The status summary; a store failure becomes a one-line CLI error (exit 1)."""
+    try:
+        return loop.get_status_summary()
+    except AfsContinuousError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _status_summary(loop: Any, config_path: str | None) -> dict[str, Any]:
@@ -110,7 +130,10 @@ def _status_summary(loop: Any, config_path: str | None) -> dict[str, Any]:
     store stays the one opened. With ``--config`` that file's is shown, and
     whether it differs from the daemon's. With neither: defaults and environment.
     """
-    recorded = loop.store.get_state("daemon_config")
+    try:
+        recorded = loop.store.get_state("daemon_config")
+    except AfsContinuousError as exc:
+        raise click.ClickException(str(exc)) from None
     view, info = loop, {"source": "defaults"}
     if config_path is not None:
         info = {"source": "file", "file": config_path}
@@ -131,7 +154,7 @@ def _status_summary(loop: Any, config_path: str | None) -> dict[str, Any]:
             info = {"source": "daemon", "recorded_at": recorded.get("recorded_at")}
             view = _open_loop(effective, must_exist=False)
     try:
-        summary: dict[str, Any] = view.get_status_summary()
+        summary = _summary(view)
     finally:
         if view is not loop:
             view.close()
@@ -217,7 +240,7 @@ def daemon_command(config_path: str | None, db: str | None, show_status: bool, t
             try:
                 result = loop.run_iteration(train_fn, manual=True, no_train=no_train, dry_run=dry_run,
                                             eval_fn=eval_fn, baseline_version=baseline_version)
-            except LeaseHeld as exc:
+            except (LeaseHeld, StoreError) as exc:
                 raise click.ClickException(str(exc)) from None
             _emit(result, as_json, format_iteration(result))
             if result.get("retrain", {}).get("status") == "failed":

@@ -14,6 +14,11 @@ block commit everything handed over so far. Only a hard kill (``kill -9``, power
 and only those handed over in the last ``flush_interval_s``. With
 ``durability="sync"`` every call commits before it returns.
 
+Records that cannot be written (queue full, store failing, still queued when
+the process exits) are counted as dropped, reported at ERROR level with the
+store and the cause, and recorded in the store's ``writer_drops`` table for
+every process to see (see :mod:`afs_continuous._drops`).
+
 Feedback is stored as append-only events (the latest event per record wins), so
 feedback that arrives before its record is committed, from another process, or
 twice, is never lost.
@@ -26,7 +31,6 @@ import logging
 import math
 import os
 import queue
-import signal
 import threading
 import time
 import uuid
@@ -39,17 +43,26 @@ from typing import Any, Mapping
 from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 
+from ._drops import DropTally, SpoolFile, loud_error, store_problem, where
+from ._logger_process import LIVE as _LIVE
+from ._logger_process import after_fork_parent as _after_fork_parent
+from ._logger_process import before_fork as _before_fork
+from ._logger_process import close_at_exit as _close_at_exit
+from ._logger_process import install_sigterm_flush as _install_sigterm_flush
+from ._logger_process import reset_after_fork as _reset_after_fork
 from ._text import clean_text
+from ._validate import unit_text as _unit_text, validate_metadata
 from .clock import Clock, utc_now
 from .config import Durability, LoggerConfig
 from .errors import StoreError
-from .store import FeedbackEvent, Store, UsageRecord, dumps
+from .store import FeedbackEvent, Store, UsageRecord, WriterDrop
 
-__all__ = ["UsageLogger", "validate_feedback", "validate_quality", "validate_latency"]
+__all__ = ["UsageLogger", "validate_feedback", "validate_quality", "validate_latency", "validate_metadata"]
 
 log = logging.getLogger("afs_continuous")
 
 _USAGE = UsageRecord.__table__  # type: ignore[attr-defined]
+_DROPS = WriterDrop.__table__  # type: ignore[attr-defined]
 _FEEDBACK = FeedbackEvent.__table__  # type: ignore[attr-defined]
 _RECENT_IDS = 65_536
 _MAX_RETRIES = 8
@@ -163,6 +176,11 @@ class UsageLogger:
         self.n_write_errors = 0
         self.last_error: str | None = None
         self._last_drop_log = 0.0
+        self._dropped = [0, 0]  # records, feedback events: dropped in this process
+        self._fb_committed = 0
+        self._tally = DropTally()  # dropped but not yet counted in the store's writer_drops table
+        self._tally_lock = threading.Lock()
+        self._spool = SpoolFile(self.store.path) if self.store.path is not None else None
         self._init_writer()
         ref = weakref.ref(self)
         atexit.register(_close_at_exit, ref)
@@ -197,15 +215,24 @@ class UsageLogger:
                 ``loop.route(...).name`` so the record counts for its arm).
             latency_ms: End-to-end latency in milliseconds (>= 0), optional.
             quality_score: Quality in [0, 1] (e.g. an automatic judge), optional.
-            unit_id: The unit the request was routed by (user or conversation id).
-            metadata: Extra JSON-serialisable fields stored with the record.
+            unit_id: The unit the request was routed by (user or conversation
+                id): a str, or an int (stored as its decimal text).
+            metadata: Extra fields stored with the record: a mapping with str
+                keys and JSON values (str, int, finite float, bool, None,
+                lists, dicts), nested at any depth.
 
         Returns:
             The record id (32 hex characters), usable with :meth:`record_feedback`.
 
         Raises:
-            ValueError: An argument is invalid (the message names it).
-            StoreError: The logger was closed, or (sync mode) the write failed.
+            ValueError: An argument is invalid (the message names it, and for
+                ``metadata`` the offending key path); nothing is stored.
+            StoreError: The logger was closed, or (``sync`` durability only) the
+                commit failed after its retries (disk full, store damaged or
+                unreachable); the record is not stored and is counted as dropped.
+                In ``async`` durability storage errors never raise here: the
+                writer retries, then counts the records as dropped (see
+                ``get_status_summary()["drops"]``) and logs an ERROR.
         """
         query = _as_text(query, "query")
         response = _as_text(response, "response")
@@ -213,7 +240,8 @@ class UsageLogger:
             raise ValueError(f"model must be a non-empty str naming the model version, got {model!r}")
         latency = validate_latency(latency_ms)
         quality = validate_quality(quality_score)
-        meta = dumps(dict(metadata)) if metadata is not None else None
+        meta = None if metadata is None else validate_metadata(metadata)
+        unit = _unit_text(unit_id)
         if self._closed:
             raise StoreError("this UsageLogger is closed; create a new one")
         record_id = uuid.uuid4().hex
@@ -224,7 +252,7 @@ class UsageLogger:
         if q_len > max_chars or r_len > max_chars:
             query, response = query[:max_chars], response[:max_chars]
         row = (record_id, self.clock(), query, response, model, latency, quality,
-               None if unit_id is None else str(unit_id), meta, q_len, r_len)
+               unit, meta, q_len, r_len)
         recent = self._recent
         recent[record_id] = None
         if len(recent) > _RECENT_IDS:
@@ -351,13 +379,19 @@ class UsageLogger:
             return [dict(r._mapping) for r in conn.execute(stmt)]
 
     def writer_stats(self) -> dict[str, Any]:
-        """Counters of this process's writer: logged, committed, dropped, errors, queue depth."""
+        """Counters of this process's writer: logged, committed, dropped, errors, queue depth.
+
+        Drops of every process, persisted in the store, are in
+        ``get_status_summary()["drops"]``.
+        """
         return {
             "durability": self.config.durability.value,
             "n_logged": self.n_logged,
             "n_feedback": self.n_feedback,
             "n_committed": self.n_committed,
             "n_dropped": self.n_dropped,
+            "n_dropped_records": self._dropped[0],
+            "n_dropped_feedback": self._dropped[1],
             "n_write_errors": self.n_write_errors,
             "queue_depth": 0 if self._sync else self._queue.qsize(),
             "last_error": self.last_error,
@@ -387,14 +421,24 @@ class UsageLogger:
             try:
                 self._queue.put(item, timeout=self.config.enqueue_timeout_s)
             except queue.Full:
-                self.n_dropped += 1
-                self._log_drop("queue full for %.1f s" % self.config.enqueue_timeout_s)
+                is_event = len(item) == 3
+                self._count_drop(int(not is_event), int(is_event),
+                                 f"the writer queue stayed full for {self.config.enqueue_timeout_s:g} s "
+                                 "(the store is slower than the traffic, or locked)")
 
-    def _log_drop(self, why: str) -> None:
+    def _count_drop(self, n_records: int, n_feedback: int, why: str, *, report: bool = True) -> None:
+        """Count records/events that were not written: in this process, for the store, and say so (ERROR)."""
+        with self._tally_lock:
+            self._dropped[0] += n_records
+            self._dropped[1] += n_feedback
+            self.n_dropped += n_records + n_feedback
+            self._tally.add(n_records, n_feedback, why, self.clock())
         now = time.monotonic()
-        if now - self._last_drop_log >= 10.0:
+        if report and now - self._last_drop_log >= 10.0:
             self._last_drop_log = now
-            log.error("afs_continuous dropped records (%s); %d dropped so far", why, self.n_dropped)
+            loud_error("afs_continuous is DROPPING records: %d records and %d feedback events not written to the "
+                       "store %s so far: %s. They are counted in the store (writer_drops, shown by `afs-continuous "
+                       "status`) once writing works again.", self._dropped[0], self._dropped[1], where(self.store), why)
 
     def _run(self) -> None:
         q = self._queue
@@ -453,21 +497,75 @@ class UsageLogger:
                     elif fb_rows:
                         conn.execute(insert(_FEEDBACK), fb_rows)
                 self.n_committed += len(rows)
+                self._fb_committed += len(fb_rows)
+                if self._tally or (self._spool is not None and self._spool.pending()):
+                    self._persist_drops()
                 return
             except OperationalError as exc:  # locked / busy / disk I/O: transient, retry
-                self.last_error = str(exc.orig if exc.orig is not None else exc)
+                self.last_error = store_problem(exc)  # never the statement's parameters (user text)
                 if attempt == _MAX_RETRIES - 1:
                     break
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
             except Exception as exc:  # noqa: BLE001 - the writer must never die
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = f"{type(exc).__name__}: {store_problem(exc)}"
                 break
         self.n_write_errors += 1
-        self.n_dropped += len(rows) + len(fb_rows)
-        self._log_drop(f"write failed: {self.last_error}")
+        self._count_drop(len(rows), len(fb_rows), f"write failed: {self.last_error}")
         if self._sync:
             raise StoreError(f"could not write to the store {self.store.display_url}: {self.last_error}")
+
+    def _persist_drops(self) -> None:
+        """Write the pending drop counts (and any spooled by exited processes) to ``writer_drops``.
+
+        Own transaction after a successful batch, so a failure here never costs a record.
+        """
+        with self._tally_lock:
+            tally = self._tally.take()
+        try:
+            with self._write_lock, self.store.write() as conn:
+                if tally:
+                    conn.execute(insert(_DROPS), [tally.row()])
+                if self._spool is not None:
+                    self._spool.store_into(conn)
+            if self._spool is not None:
+                self._spool.done()
+        except Exception as exc:  # noqa: BLE001 - keep the counts for the next successful write
+            log.warning("could not record dropped-record counts in the store yet: %s", store_problem(exc))
+            with self._tally_lock:
+                self._tally.merge(tally)
+
+    def _unwritten(self) -> tuple[int, int]:
+        """(records, feedback events) handed over to this logger and neither committed nor counted as dropped."""
+        with self._tally_lock:
+            return (max(0, self.n_logged - self.n_committed - self._dropped[0]),
+                    max(0, self.n_feedback - self._fb_committed - self._dropped[1]))
+
+    def _abandon(self, waited_s: float) -> None:
+        """At exit, when the writer could not commit in time: say how much is lost and why (one ERROR line),
+        and spool the counts so that the next logger on this store records them in ``writer_drops``."""
+        n_records, n_feedback = self._unwritten()
+        lost = ""
+        if n_records or n_feedback:
+            why = (f"not written before the process exited: the store did not accept writes within {waited_s:.0f} s "
+                   f"({self.last_error or 'no error: the writer was still waiting for the write lock, held by another process'})")
+            lost = f"LOST {n_records} records and {n_feedback} feedback events at exit: {why}; "
+            self._count_drop(n_records, n_feedback, why, report=False)
+        with self._tally_lock:
+            tally = self._tally.take()
+        if not tally:
+            return
+        if self._spool is None:
+            counted = "not counted in the store (a server database has no spool file beside it)"
+        else:
+            try:
+                self._spool.append(tally)
+                counted = f"the next logger on this store counts them in writer_drops (from {self._spool.path})"
+            except OSError as exc:
+                counted = f"not counted in the store (writing {self._spool.path} failed: {exc})"
+        reason = "" if lost else f" (last reason: {tally.reason})"
+        loud_error("afs_continuous %sstore %s; in all %d records and %d feedback events dropped by this process were "
+                   "never written%s; %s", lost, where(self.store), tally.n_records, tally.n_feedback, reason, counted)
 
 
 _USAGE_COLUMNS = ("id", "created_at", "query", "response", "model", "latency_ms", "quality_score", "unit_id",
@@ -493,61 +591,3 @@ def _record_row(r: tuple[Any, ...], sqlite: bool) -> Any:
     values = (record_id, _sqlite_ts(created_at) if sqlite else created_at, query, response, model, latency, quality,
               unit_id, meta, None, int(truncated) if sqlite else truncated, q_len, r_len)
     return values if sqlite else dict(zip(_USAGE_COLUMNS, values))
-
-
-_LIVE: "weakref.WeakSet[UsageLogger]" = weakref.WeakSet()
-_SIGTERM_INSTALLED = False
-
-
-def _install_sigterm_flush() -> None:
-    """Once per process, from the main thread: on SIGTERM flush every live logger, then do what
-    the previous handler would have done (default: terminate with the usual SIGTERM status)."""
-    global _SIGTERM_INSTALLED
-    if _SIGTERM_INSTALLED or threading.current_thread() is not threading.main_thread():
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def _on_sigterm(signum: int, frame: Any) -> None:
-        for logger in list(_LIVE):
-            logger.flush(timeout_s=logger.config.flush_interval_s + 5.0)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    try:
-        signal.signal(signal.SIGTERM, _on_sigterm)
-    except ValueError:  # not the main interpreter thread after all
-        return
-    _SIGTERM_INSTALLED = True
-
-
-def _close_at_exit(ref: "weakref.ref[UsageLogger]") -> None:
-    logger = ref()
-    if logger is not None:
-        logger.close(timeout_s=logger.config.flush_interval_s + 10.0)
-
-
-def _before_fork(ref: "weakref.ref[UsageLogger]") -> None:
-    logger = ref()
-    if logger is not None:
-        logger._write_lock.acquire()
-
-
-def _after_fork_parent(ref: "weakref.ref[UsageLogger]") -> None:
-    logger = ref()
-    if logger is not None and logger._write_lock.locked():
-        logger._write_lock.release()
-
-
-def _reset_after_fork(ref: "weakref.ref[UsageLogger]") -> None:
-    """In a forked child: fresh queue, writer, lock and counters; never reuse the parent's connections."""
-    logger = ref()
-    if logger is None:
-        return
-    logger.store.engine.dispose(close=False)
-    logger._init_writer()
-    logger._recent.clear()
-    logger.n_logged = logger.n_feedback = logger.n_committed = logger.n_dropped = logger.n_write_errors = 0
-    logger.last_error = None

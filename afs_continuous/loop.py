@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ._canary import EvalFn
+from ._drops import drops_summary, store_errors, store_problem
 from ._imports import train_fn_from_config
 from ._pipeline import RetrainPipeline, TrainFn
 from ._signals import StopSignals
@@ -47,6 +48,7 @@ from .logger import UsageLogger
 from .monitor import DriftMonitor
 from .registry import ModelRegistry, ModelVersion
 from .runs import RunStatus, TrainingRunLog, owner_id
+from .errors import StoreError
 from .store import Store
 from .triggers import TriggerChecker, TriggerType
 
@@ -217,20 +219,24 @@ class ContinuousLearningLoop:
             LeaseHeld: Another daemon holds the store's lease; nothing is done.
             ConfigError: ``training.train_fn`` cannot be imported or ``training.lora``
                 is invalid (only when no ``train_fn`` is given); nothing is done.
+            StoreError: The store failed (full disk, read-only, damaged, unreachable); the
+                message names the store, the cause and the fix. :meth:`run_loop` retries
+                at the next check.
         """
         fn = None if no_train else self.resolve_train_fn(train_fn)
-        pinned_name = baseline_version if baseline_version is not None else self.config.training.baseline_version
-        pinned = self.registry.get(pinned_name) if pinned_name is not None else None
-        self.logger.flush()
-        held_before = self._lease_held
-        self._take_lease()
-        try:
-            self._record_config()
-            return self._iteration(fn, manual=manual, no_train=no_train, dry_run=dry_run, eval_fn=eval_fn,
-                                   pinned=pinned)
-        finally:
-            if not held_before:  # a standalone iteration (e.g. --trigger) gives the lease back
-                self._release_lease()
+        with store_errors(self.store, "run an iteration on"):
+            pinned_name = baseline_version if baseline_version is not None else self.config.training.baseline_version
+            pinned = self.registry.get(pinned_name) if pinned_name is not None else None
+            self.logger.flush()
+            held_before = self._lease_held
+            self._take_lease()
+            try:
+                self._record_config()
+                return self._iteration(fn, manual=manual, no_train=no_train, dry_run=dry_run, eval_fn=eval_fn,
+                                       pinned=pinned)
+            finally:
+                if not held_before:  # a standalone iteration (e.g. --trigger) gives the lease back
+                    self._release_lease()
 
     def resolve_train_fn(self, train_fn: TrainFn | None = None) -> TrainFn | None:
         """The training function a run uses; the daemon command and Python callers get the same one.
@@ -279,7 +285,10 @@ class ContinuousLearningLoop:
 
     def _release_lease(self) -> None:
         if self._lease_held:
-            self.lease.release()
+            try:
+                self.lease.release()
+            except Exception as exc:  # noqa: BLE001 - full disk, store gone: the lease expires by itself
+                log.warning("could not release the daemon lease (it expires by itself): %s", store_problem(exc))
             self._lease_held = False
 
     def _iteration(self, train_fn: TrainFn | None, *, manual: bool, no_train: bool, dry_run: bool,
@@ -412,6 +421,8 @@ class ContinuousLearningLoop:
                         on_result(result)
                 except LeaseHeld:
                     raise  # lost to another daemon (our lease expired): stop, never act concurrently
+                except StoreError as exc:  # full disk, store locked or unreachable: one line, try again later
+                    log.error("iteration failed: %s; retrying at the next check", exc)
                 except Exception:  # noqa: BLE001 - the daemon keeps running
                     log.exception("iteration failed; retrying at the next check")
                 finally:
@@ -439,13 +450,18 @@ class ContinuousLearningLoop:
         """Take the lease for the whole loop; wait for it (polling) or raise :class:`LeaseHeld`."""
         while True:
             try:
-                self._take_lease()
+                with store_errors(self.store, "take the daemon lease on"):
+                    self._take_lease()
                 return
             except LeaseHeld as held:
                 if not wait:
                     raise
                 log.info("%s; waiting", held)
                 if self._stop.wait(min(self.config.lease_ttl_s / 3.0, 30.0)):
+                    return
+            except StoreError as exc:  # e.g. a full disk at start: the daemon keeps running and retries
+                log.error("%s; retrying in %g s", exc, self.config.check_interval_seconds)
+                if self._stop.wait(self.config.check_interval_seconds):
                     return
 
     def stop(self) -> None:
@@ -543,10 +559,20 @@ class ContinuousLearningLoop:
             next_scheduled_at, eligible_samples, min_new_samples, ...},
             "experiment": {...} | None, "training_runs": [...], "store": url,
             "lease": {holder, acquired_at, renewed_at, expires_at, expired,
-            holder_alive} | None}`` (``store``: the URL with its password hidden;
-            ``lease``: the daemon lease, None when no daemon holds it;
-            ``holder_alive`` None when the holder is on another host).
+            holder_alive} | None, "drops": {records, feedback, events, processes,
+            recent_records, recent_feedback (last 24 h), last_at, last_reason, last_host,
+            last_pid}}`` (``store``: the URL with its password hidden; ``lease``: the
+            daemon lease, None when no daemon holds it; ``holder_alive`` None when the
+            holder is on another host; ``drops``: what every process's logger could not
+            write, as recorded in the store).
+
+        Raises:
+            StoreError: The store cannot be read (the message names it, the cause and the fix).
         """
+        with store_errors(self.store, "read the status of"):
+            return self._status_summary()
+
+    def _status_summary(self) -> dict[str, Any]:
         now = self.clock()
         usage = self.logger.get_statistics()
         st = self.triggers.state()
@@ -590,7 +616,12 @@ class ContinuousLearningLoop:
             "training_runs": [r.to_dict() for r in self.runs.list(limit=5)],
             "lease": self.lease.status(),
             "store": self.store.display_url,
+            "drops": self._drops_summary(now),
         }
+
+    def _drops_summary(self, now: Any) -> dict[str, Any]:
+        with self.store.read() as conn:
+            return drops_summary(conn, now)
 
     def close(self) -> None:
         """Flush pending records, give back the daemon lease if held, close every store connection. Idempotent."""

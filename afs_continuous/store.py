@@ -54,6 +54,7 @@ __all__ = [
     "TrainingSample",
     "LoopState",
     "DaemonLease",
+    "WriterDrop",
     "schema_head",
     "display_url",
 ]
@@ -221,6 +222,24 @@ class DaemonLease(SQLModel, table=True):
     acquired_at: datetime = _ts(nullable=False)
     renewed_at: datetime = _ts(nullable=False)
     expires_at: datetime = _ts(nullable=False)
+
+
+class WriterDrop(SQLModel, table=True):
+    """Records and feedback events a logger could not write, persisted once writing works again
+    (in that process, or in a later one through the spool file; see :mod:`afs_continuous._drops`)."""
+
+    __tablename__ = "writer_drops"
+    __table_args__ = (Index("ix_writer_drops_last_at", "last_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(sa_column=Column(String(32), unique=True, nullable=False))
+    host: str = Field(sa_column=Column(String(200), nullable=False))
+    pid: int
+    n_records: int
+    n_feedback: int
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    first_at: datetime = _ts(nullable=False)
+    last_at: datetime = _ts(nullable=False)
 
 
 def _is_sqlite(url: str) -> bool:
@@ -557,7 +576,7 @@ def parse_dt(value: str | None) -> datetime | None:
 
 
 _TABLES = (UsageRecord, FeedbackEvent, ModelVersionRow, ExperimentRow, TrainingRunRow, TrainingSample, LoopState,
-           DaemonLease)
+           DaemonLease, WriterDrop)
 
 
 def schema_head() -> str:

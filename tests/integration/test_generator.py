@@ -561,3 +561,42 @@ def test_signatures_are_datasketch_minhash_over_the_shingles() -> None:
         reference = MinHash(num_perm=64, seed=1, hashfunc=int)
         reference.update_batch(shingles.tolist())
         assert (reference.hashvalues == sig).all()
+
+
+LINE_SEPARATORS = ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\r"]
+
+
+@pytest.mark.parametrize("fmt", ["chatml", "alpaca", "completion"])
+def test_line_separators_inside_texts_are_escaped_in_every_jsonl_file(tmp_path, clock, make_loop, fmt) -> None:
+    """A reader splitting with str.splitlines() sees exactly one line per record in every JSONL we write
+    (training file, validation file, rehearsal buffer), and each line round-trips through json."""
+    import random
+
+    buffer_path = tmp_path / "buffer.jsonl"
+    old = [{"messages": [{"role": "user", "content": f"old{sep}question {i}"},
+                         {"role": "assistant", "content": f"old{sep}answer {i}"}]} for i, sep in enumerate(LINE_SEPARATORS)]
+    RehearsalBuffer(buffer_path, max_size=100).add(old, n_seen=0, rng=random.Random(0))
+    buffer_text = buffer_path.read_text(encoding="utf-8")
+    assert len(buffer_text.splitlines()) == len(old)
+    assert [json.loads(line) for line in buffer_text.splitlines()] == old
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 5, "output_format": fmt, "existing_data_path": str(buffer_path),
+                                       "rehearsal_fraction": 0.5, "validation_fraction": 0.2,
+                                       "min_quality_score": None, "min_user_feedback": None,
+                                       "near_dedup_threshold": None})
+    texts = [f"question{sep}number {i}" for i, sep in enumerate(LINE_SEPARATORS)]
+    for i, text in enumerate(texts):
+        loop.log_usage(text, f"answer{LINE_SEPARATORS[-1 - i]}{i}", "base", quality_score=0.9)
+    loop.logger.flush()
+    gen = loop.generator.generate(after=None)
+    assert gen.counts["new_samples"] == len(texts) and gen.counts["rehearsal_samples"] == len(texts)
+    lines: list[str] = []
+    for path in (gen.output_path, gen.validation_path):
+        content = path.read_text(encoding="utf-8")
+        assert len(content.splitlines()) == content.count("\n")
+        lines += content.splitlines()
+    assert len(lines) == gen.counts["total"] == 2 * len(texts)
+    rows = [json.loads(line) for line in lines]
+    prompts = {r["messages"][0]["content"] if fmt == "chatml" else r["instruction" if fmt == "alpaca" else "prompt"]
+               for r in rows}
+    assert prompts == set(texts) | {s["messages"][0]["content"] for s in old}  # the characters are kept, escaped

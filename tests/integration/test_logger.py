@@ -371,3 +371,286 @@ def test_close_closes_the_connections_of_a_store_it_opened(db: Path, clock: Manu
     lg.log("q", "r", "m")
     assert lg.close()
     assert not Path(f"{db}-wal").exists()  # SQLite removes the WAL when its last connection closes
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"a": float("nan")}, r"metadata\['a'\]: nan is not a finite number"),
+        ({"a": {"b": [1, float("inf")]}}, r"metadata\['a'\]\['b'\]\[1\]: inf is not a finite number"),
+        ({"a": b"bytes"}, r"metadata\['a'\]: bytes is not a JSON value"),
+        ({"a": object()}, r"metadata\['a'\]: object is not a JSON value"),
+        ({"a": {1: "x"}}, r"metadata\['a'\]: key 1 is not a str"),
+        ({2: "x"}, r"metadata: key 2 is not a str"),
+        (5, r"metadata must be a mapping \(dict\) of str keys to JSON values, got int"),
+        (b"x", r"metadata must be a mapping .*got bytes"),
+        ([("a", 1)], r"metadata must be a mapping .*got list"),
+    ],
+)
+def test_bad_metadata_rejected_naming_the_argument_and_the_key_path(logger: UsageLogger, db: Path, metadata: Any,
+                                                                     message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        logger.log("q", "r", "m", metadata=metadata)
+    assert logger.get_statistics()["total"] == 0
+
+
+def test_metadata_is_stored_as_strict_json(logger: UsageLogger) -> None:
+    from types import MappingProxyType
+
+    meta = {"route": "/chat", "n": 3, "x": 0.5, "ok": True, "none": None, "tags": ["a", 1, [2.5]], "nested": {"k": "v"}}
+    logger.log("q", "r", "m", metadata=MappingProxyType(meta))
+    stored = logger.get_records()[0]["metadata_json"]
+
+    def no_constants(name: str) -> Any:
+        raise AssertionError(f"non-standard JSON constant {name} stored")
+
+    assert json.loads(stored, parse_constant=no_constants) == meta
+
+
+@pytest.mark.parametrize("unit_id", [["u", 1], 1.5, b"user", True, {"u": 1}, ("u",)])
+def test_unit_id_other_than_str_or_int_is_rejected(logger: UsageLogger, unit_id: Any) -> None:
+    with pytest.raises(ValueError, match=r"^unit_id must be a str or an int \(user or conversation id\), got"):
+        logger.log("q", "r", "m", unit_id=unit_id)
+    assert logger.get_statistics()["total"] == 0
+
+
+def test_unit_id_str_and_int_are_accepted(logger: UsageLogger) -> None:
+    logger.log("q", "r", "m", unit_id="user-1")
+    logger.log("q", "r", "m", unit_id=42)
+    assert sorted(r["unit_id"] for r in logger.get_records()) == ["42", "user-1"]
+
+
+# --------------------------------------------------------------------------------------------------
+# drops every process can see: disk full, a write lock held at exit, a damaged store
+
+def writer_drops(db: Path) -> list[tuple[Any, ...]]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT n_records, n_feedback, reason, host, pid FROM writer_drops ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+DISK_FULL_CHILD = textwrap.dedent("""
+    import json, resource, signal, sys
+    from afs_continuous import LoggerConfig, UsageLogger
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing us
+    lg = UsageLogger(sys.argv[1], config=LoggerConfig(flush_interval_s=0.05))
+    for i in range(20):
+        lg.log(f"before {i}", "answer", "m")
+    assert lg.flush(30)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY))  # the disk is full now
+    ids = [lg.log(f"while full {i}", "answer", "m") for i in range(30)]
+    for rid in ids[:5]:
+        lg.record_feedback(rid, 1)
+    flushed = lg.flush(60)
+    during = lg.writer_stats()
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # space returns
+    for i in range(10):
+        lg.log(f"after {i}", "answer", "m")
+    assert lg.flush(30)
+    print(json.dumps({"flushed": flushed, "during": during, "after": lg.writer_stats()}))
+    lg.close()
+""")
+
+
+def test_disk_full_drops_are_counted_shown_and_writing_resumes(tmp_path: Path, db: Path) -> None:
+    """Reliability row 12 (the file-size limit makes every write of the store fail as on a full disk)."""
+    Store(str(db)).dispose()
+    proc = subprocess.run([sys.executable, "-c", DISK_FULL_CHILD, str(db)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["flushed"] is True  # flush() returned, nothing raised into the caller
+    assert (out["during"]["n_dropped_records"], out["during"]["n_dropped_feedback"]) == (30, 5)
+    assert out["after"]["n_committed"] == 30
+    # said loudly (logging unconfigured: Python's last-resort handler prints errors), with the store's path
+    assert "afs_continuous is DROPPING records" in proc.stderr and str(db) in proc.stderr
+    assert "while full" not in proc.stderr  # never the user's text
+    assert "Traceback" not in proc.stderr
+    store = Store(str(db))
+    assert store.integrity_check() == "ok"
+    store.dispose()
+    assert count_rows(db) == 30
+    drops = writer_drops(db)
+    assert sum(d[0] for d in drops) == 30 and sum(d[1] for d in drops) == 5
+    assert all(("full" in d[2] or "I/O" in d[2]) for d in drops)
+    # shown by every process's status
+    from afs_continuous import ContinuousLearningLoop, LoopConfig
+
+    loop = ContinuousLearningLoop(LoopConfig(db_path=str(db), data_dir=str(tmp_path / "data")))
+    summary = loop.get_status_summary()["drops"]
+    loop.close()
+    assert (summary["records"], summary["feedback"], summary["recent_records"], summary["processes"]) == (30, 5, 30, 1)
+    assert "write failed" in summary["last_reason"]
+    status = subprocess.run([sys.executable, "-m", "afs_continuous.cli", "status", "--db", str(db)],
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert "DROPPED (store)  30 records, 5 feedback events by 1 process(es)" in status.stdout
+
+
+LOCKED_AT_EXIT_CHILD = textwrap.dedent("""
+    import logging, sys, time
+    from afs_continuous import UsageLogger
+    logging.getLogger("afs_continuous").addHandler(logging.NullHandler())  # a library-style silent logger
+    lg = UsageLogger(sys.argv[1])
+    for i in range(100):
+        lg.log(f"question {i}", "answer", "m")
+    print("logged", flush=True)
+    # exit: atexit flushes, but another process holds the write lock
+""")
+
+
+def test_write_lock_held_at_exit_reports_and_counts_the_lost_records(tmp_path: Path, db: Path) -> None:
+    """Item: 0 of 100 acknowledged records written at exit, and no message. Now: an error line saying how many
+    and why (also with only a NullHandler), and the next logger on the store counts them in writer_drops."""
+    import os
+    import stat
+    import time as _time
+
+    Store(str(db)).dispose()
+    holder = sqlite3.connect(db, isolation_level=None, timeout=30)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        t0 = _time.monotonic()
+        proc = subprocess.run([sys.executable, "-c", LOCKED_AT_EXIT_CHILD, str(db)], capture_output=True, text=True,
+                              timeout=60)
+        took = _time.monotonic() - t0
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert proc.returncode == 0 and proc.stdout.strip() == "logged", proc.stderr
+    assert took < 25
+    assert "LOST 100 records and 0 feedback events at exit" in proc.stderr, proc.stderr
+    assert "waiting for the write lock, held by another process" in proc.stderr and str(db) in proc.stderr
+    spool = db.with_name(db.name + "-drops.jsonl")
+    assert stat.S_IMODE(os.stat(spool).st_mode) == 0o600
+    assert count_rows(db) == 0 and writer_drops(db) == []
+    # the next logger (any process) records them at its first successful write
+    with UsageLogger(db) as lg:
+        lg.log("next process", "answer", "m")
+    drops = writer_drops(db)
+    assert len(drops) == 1 and drops[0][:2] == (100, 0)
+    assert "not written before the process exited" in drops[0][2]
+    assert not spool.exists() and not list(tmp_path.glob("usage.db-drops.jsonl.*"))
+    with UsageLogger(db) as lg:  # stored once, however many loggers come later
+        lg.log("and another", "answer", "m")
+    assert len(writer_drops(db)) == 1
+
+
+def damage_pages(db: Path, n_records: int = 3000) -> None:
+    """A store with an intact header and damaged data pages (the table's last leaves overwritten)."""
+    import random
+
+    with UsageLogger(db) as lg:
+        for i in range(n_records):
+            lg.log(f"q{i}", "r" * 200, "m")
+    lg.store.dispose()
+    size = db.stat().st_size
+    rng = random.Random(11)
+    with db.open("r+b") as fh:
+        for page in range(size // 4096 - 40, size // 4096 - 1):
+            fh.seek(page * 4096)
+            fh.write(rng.randbytes(4096))
+
+
+def test_damaged_store_the_logger_says_loudly_that_it_drops_and_why(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    damage_pages(db)
+    lg = UsageLogger(db)  # the header is intact: opening works
+    with caplog.at_level("ERROR", logger="afs_continuous"):
+        for i in range(50):
+            lg.log(f"secret question {i}", "answer", "m")
+        assert lg.flush(30) is True
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors, "the logger dropped records without a word"
+    msg = errors[0]
+    assert "DROPPING records" in msg and str(db) in msg
+    assert "malformed" in msg and "damaged" in msg and ".recover" in msg and "restore a backup" in msg
+    assert "secret question" not in msg
+    assert lg.writer_stats()["n_dropped_records"] == 50
+    lg.close()
+
+
+def test_queue_full_drops_are_recorded_in_the_store_when_writing_resumes(tmp_path: Path, clock: ManualClock,
+                                                                         make_loop, store_url: str) -> None:
+    """SQLite and PostgreSQL: drops counted while the store is locked reach writer_drops at the next write."""
+    from sqlalchemy import create_engine, text
+
+    loop = make_loop(tmp_path, clock, logger_config={"queue_size": 1, "enqueue_timeout_s": 0, "flush_interval_s": 0.01})
+    if store_url.startswith("sqlite"):
+        holder: Any = sqlite3.connect(tmp_path / "usage.db", isolation_level=None, timeout=30)
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        release = lambda: (holder.execute("ROLLBACK"), holder.close())  # noqa: E731
+    else:
+        engine = create_engine(store_url)
+        holder = engine.connect()
+        trans = holder.begin()
+        holder.execute(text("LOCK TABLE usage_records IN EXCLUSIVE MODE"))  # inserts wait
+        release = lambda: (trans.rollback(), holder.close(), engine.dispose())  # noqa: E731
+    try:
+        for i in range(50):
+            loop.log_usage(f"q{i}", "r", "base")
+        assert loop.logger.writer_stats()["n_dropped_records"] >= 1
+    finally:
+        release()
+    assert loop.logger.flush(30)
+    dropped = loop.logger.writer_stats()["n_dropped_records"]
+    assert loop.logger.get_statistics()["total"] == 50 - dropped
+    drops = loop.get_status_summary()["drops"]
+    assert (drops["records"], drops["feedback"], drops["events"], drops["processes"]) == (dropped, 0, 1, 1)
+    assert drops["recent_records"] == dropped and "queue stayed full" in drops["last_reason"]
+    assert drops["last_at"] == clock().isoformat()
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path):
+    """A 2 MB tmpfs (root only; skipped where mounting is not permitted), unmounted afterwards."""
+    import os
+
+    mnt = tmp_path / "tinyfs"
+    mnt.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_on_a_tiny_tmpfs(tiny_fs: Path, clock: ManualClock) -> None:
+    """Reliability row 12 on a real full file system (ENOSPC): no exception into the caller, drops counted and
+    shown, the store consistent, writing resumes when space returns."""
+    db = tiny_fs / "usage.db"
+    lg = UsageLogger(db, clock=clock, config=LoggerConfig(flush_interval_s=0.02))
+    for i in range(20):
+        lg.log(f"before {i}", "answer", "m")
+    assert lg.flush(30)
+    filler = tiny_fs / "filler"
+    with filler.open("wb") as fh:  # fill the file system
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+    ids = [lg.log(f"while full {i}", "x" * 2000, "m") for i in range(30)]
+    for rid in ids[:5]:
+        lg.record_feedback(rid, 1)
+    assert lg.flush(60) is True  # returns; nothing raised into the caller
+    stats = lg.writer_stats()
+    assert (stats["n_dropped_records"], stats["n_dropped_feedback"]) == (30, 5)
+    assert "full" in stats["last_error"]
+    filler.unlink()  # space returns
+    for i in range(10):
+        lg.log(f"after {i}", "answer", "m")
+    assert lg.flush(30)
+    assert lg.get_statistics()["total"] == 30
+    lg.close()
+    lg.store.dispose()
+    assert count_rows(db) == 30
+    drops = writer_drops(db)
+    assert (sum(d[0] for d in drops), sum(d[1] for d in drops)) == (30, 5)
+    assert all("database or disk is full" in d[2] for d in drops)
+    store = Store(str(db))
+    assert store.integrity_check() == "ok"
+    store.dispose()

@@ -594,3 +594,82 @@ def test_store_and_data_files_are_private_under_umask_022(tmp_path, clock) -> No
     assert any(n.endswith(".jsonl") for n in files)
     for name in files:
         assert modes[name] & 0o077 == 0, (name, oct(modes[name]))
+
+
+FULL_DISK_DAEMON = """
+import json, logging, resource, signal, sys
+from afs_continuous import ContinuousLearningLoop, LoopConfig, StoreError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the file-size limit fails (EFBIG), as on a full disk
+db, data = sys.argv[1], sys.argv[2]
+errors = []
+class Collect(logging.Handler):
+    def emit(self, record):
+        errors.append((record.levelname, record.getMessage(), record.exc_info is not None))
+logging.getLogger("afs_continuous").addHandler(Collect())
+loop = ContinuousLearningLoop(LoopConfig(db_path=db, data_dir=data, check_interval_seconds=0.01,
+                                         trigger_config={"min_new_samples": None, "schedule_interval_hours": None,
+                                                         "quality_drop_threshold": None}))
+loop.log_usage("q", "r", "base")
+loop.logger.flush()
+resource.setrlimit(resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY))  # the disk is full now
+out = {}
+try:
+    loop.run_iteration()
+except StoreError as exc:
+    out["iteration_error"] = str(exc)
+def fill_disk(result):
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY))
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+# the disk fills after the first iteration: three failed iterations follow, and no exception
+out["n"] = loop.run_loop(max_iterations=4, on_result=fill_disk)
+out["logged"] = [e for e in errors if e[0] == "ERROR"]
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # space returns
+out["after"] = loop.run_iteration()["trigger"]["should_retrain"]
+loop.close()
+print(json.dumps(out))
+"""
+
+
+def test_full_disk_iteration_raises_store_error_and_run_loop_keeps_going(tmp_path: Path) -> None:
+    import json
+
+    db = tmp_path / "usage.db"
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK_DAEMON, str(db), str(tmp_path / "data")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert re.match(rf"could not run an iteration on the store {re.escape(str(db))}: (database or disk is full|disk I/O error)",
+                    out["iteration_error"]), out["iteration_error"]
+    assert out["n"] == 4
+    failures = [msg for level, msg, _tb in out["logged"] if msg.startswith("iteration failed")]
+    assert len(failures) == 3 and all("retrying at the next check" in m for m in failures)
+    assert not any(tb for _level, _msg, tb in out["logged"])  # one line each, no traceback
+    assert out["after"] is False  # the store works again
+
+
+def test_status_on_a_full_store_is_one_line_exit_1(tmp_path: Path) -> None:
+    """The store is full before status has ever run on it (it records its first start): exit 1, one line."""
+    import resource
+    import signal
+    import sqlite3
+
+    db = tmp_path / "usage.db"
+    with UsageLogger(db) as lg:
+        lg.log("q", "r", "base")
+    keep = sqlite3.connect(db)  # keeps the shared-memory file, as a running service would
+    keep.execute("SELECT count(*) FROM usage_records").fetchall()
+
+    def full_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY))
+
+    try:
+        proc = subprocess.run([sys.executable, "-m", "afs_continuous.cli", "status", "--db", str(db)],
+                              capture_output=True, text=True, timeout=120, preexec_fn=full_disk)
+    finally:
+        keep.close()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(db) in lines[0], proc.stderr
+    assert re.search(r"database or disk is full|disk I/O error", lines[0])
