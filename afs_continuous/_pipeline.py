@@ -36,8 +36,10 @@ from .experiment import ExperimentManager
 from .generator import GenerationResult, TrainingDataGenerator
 from .registry import ModelRegistry, ModelVersion, VersionStatus
 from .runs import RunStatus, TrainingRunLog
+from .serving import EngineError
 from .store import Store
 from .triggers import TriggerChecker, TriggerResult, TriggerType
+from .clock import utc_now
 
 __all__ = ["RetrainPipeline", "TrainFn"]
 
@@ -59,12 +61,16 @@ class RetrainPipeline:
         on_deploy: Called after the registry changed (the loop drops its routing cache).
         is_leader: Called inside the deploy transaction; False (the daemon's lease was
             lost, e.g. it expired during a long training run) aborts the deployment.
+        serving: The loop's :class:`~afs_continuous._serving.ServingSupport`: a new version is
+            loaded on every replica before it is registered (None: no engine).
     """
 
     def __init__(self, config: LoopConfig, store: Store, registry: ModelRegistry, experiments: ExperimentManager,
                  generator: TrainingDataGenerator, runs: TrainingRunLog, triggers: TriggerChecker, *,
-                 on_deploy: Callable[[], None], is_leader: Callable[[Any], bool] | None = None) -> None:
+                 on_deploy: Callable[[], None], is_leader: Callable[[Any], bool] | None = None,
+                 serving: Any = None) -> None:
         self.config = config
+        self.serving = serving
         self.is_leader = is_leader
         self.store = store
         self.registry = registry
@@ -246,6 +252,13 @@ class RetrainPipeline:
         name = f"{self.config.champion_model}-ft{run_id}"
         ab = self.config.enable_ab_testing
         version_metrics = {**metrics, "canary_metrics": canary.challenger} if canary is not None else metrics
+        candidate = ModelVersion(name=name, path=model_path, status=VersionStatus.CHALLENGER if ab else
+                                 VersionStatus.CHAMPION, created_at=utc_now(), training_run_id=run_id)
+        if self.serving is not None:
+            try:  # before the registry changes: no traffic reaches a version the engine cannot serve
+                self.serving.load(candidate)
+            except EngineError as exc:
+                return self._deploy_failed(run_id, report, gate, name, exc)
         try:
             with self.store.write() as conn:
                 if self.is_leader is not None and not self.is_leader(conn):
@@ -272,6 +285,8 @@ class RetrainPipeline:
             error = ("lost the daemon lease during training (another daemon took over the store); "
                      "not deployed, no data consumed")
             log.error("run %d: %s", run_id, error)
+            if self.serving is not None:
+                self.serving.unload(candidate)
             self.runs.update(run_id, status=RunStatus.INTERRUPTED, error=error, finished=True)
             return {**report, "status": RunStatus.INTERRUPTED.value, "error": error}
         self.on_deploy()
@@ -284,6 +299,17 @@ class RetrainPipeline:
                else "champion (A/B testing disabled)")
         log.info("run %d deployed %s as %s", run_id, name, how)
         return {**report, "status": run_status.value, "model_version": name}
+
+    def _deploy_failed(self, run_id: int, report: dict[str, Any], gate: dict[str, Any], name: str,
+                       exc: EngineError) -> dict[str, Any]:
+        """The engine refused the new version: the run ends ``deploy_failed``, nothing is registered or routed,
+        no data is consumed, the champion keeps serving."""
+        reason = f"deploy failed: the serving engine cannot serve {name}: {exc}"
+        gate["deploy"] = {**exc.to_dict(), "version": name}
+        log.error("run %d: %s; the champion keeps serving", run_id, reason)
+        self.runs.update(run_id, status=RunStatus.DEPLOY_FAILED, error=reason, decision=gate, finished=True)
+        return {**report, "status": RunStatus.DEPLOY_FAILED.value, "error": reason,
+                "replica": exc.replica, "engine_message": exc.engine_message}
 
     def _update_rehearsal(self, gen: GenerationResult) -> None:
         cfg = self.config.generator_config

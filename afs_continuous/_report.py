@@ -85,6 +85,7 @@ def format_status(summary: Mapping[str, Any]) -> str:
         f"  challenger       {s['challenger_model'] or '-'}"
         + (f"  at {_pct(s['challenger_traffic'], 0)} of traffic" if s["challenger_model"] else ""),
         f"  total retrains   {s['total_retrains']}",
+        *_serving_lines(summary.get("serving")),
         "",
         "Triggers",
         f"  eligible samples {s['eligible_samples']} / {s['min_new_samples']} since {s['data_watermark'] or 'the start'}"
@@ -114,6 +115,24 @@ def format_status(summary: Mapping[str, Any]) -> str:
             lines.append(f"  #{r['id']:<4} {r['started_at'][:16]}  {r['trigger']:<13} {r['status']:<11}{extra}"
                          + (f"  ({why[:90]})" if why else ""))
     return "\n".join(lines)
+
+
+def _serving_lines(serving: Mapping[str, Any] | None) -> list[str]:
+    """The serving engine and its fallbacks (``summary["serving"]``); nothing for ``engine: none`` without events."""
+    if not serving or (serving.get("engine") == "none" and not serving.get("fallbacks")):
+        return []
+    where = ", ".join(serving.get("base_urls") or []) or "-"
+    lines = [f"  serving engine   {serving['engine']} ({where})",
+             f"  fallbacks        {serving['fallbacks']} ({serving['fallbacks_24h']} in the last 24 h; "
+             f"{serving['reloads']} reloads)"]
+    last = serving.get("last_fallback")
+    if last:
+        lines.append(f"  last fallback    {last['at'][:19]} from {last['version']}: {(last.get('detail') or '-')[:100]}")
+    ko = serving.get("last_load_failure")
+    if ko:
+        lines.append(f"  last load error  {ko['at'][:19]} {ko['version']} on {ko.get('replica') or '-'}: "
+                     f"{(ko.get('detail') or '-')[:100]}")
+    return lines
 
 
 def _configuration_line(info: Mapping[str, Any] | None) -> list[str]:
@@ -262,7 +281,11 @@ def format_run_report(report: Mapping[str, Any]) -> str:
         for h in version.get("history") or []:
             prior = f" (prior champion {h['prior_champion']})" if h.get("prior_champion") else ""
             lines.append(f"  {h['at'][:19]}  {h['action']:<11} by {h.get('actor') or '-'}{prior}: {h.get('reason') or ''}")
-    if r.get("error") and r["status"] in ("failed", "interrupted", "skipped"):
+    deploy = r.get("deploy")
+    if deploy:
+        lines += ["", f"Deployment refused by the serving engine (replica {deploy.get('replica') or '-'})",
+                  f"  {deploy.get('engine_message') or deploy.get('error')}"]
+    if r.get("error") and r["status"] in ("failed", "interrupted", "skipped", "deploy_failed"):
         lines += ["", "Error", *("  " + line for line in r["error"].rstrip().splitlines())]
     return "\n".join(lines)
 

@@ -24,6 +24,7 @@ from ._report import format_iteration, format_run_report, format_runs, format_st
 from .config import ENV_PREFIX, LoopConfig, config_record, load_config
 from .errors import AfsContinuousError, ConfigError, NotFoundError, SchemaVersionError, StoreError
 from .lease import LeaseHeld
+from .serving import EngineError
 
 __all__ = ["main", "daemon_main", "resolve_eval_fn", "resolve_train_fn"]
 
@@ -243,7 +244,7 @@ def daemon_command(config_path: str | None, db: str | None, show_status: bool, t
             except (LeaseHeld, StoreError) as exc:
                 raise click.ClickException(str(exc)) from None
             _emit(result, as_json, format_iteration(result))
-            if result.get("retrain", {}).get("status") == "failed":
+            if result.get("retrain", {}).get("status") in ("failed", "deploy_failed"):
                 sys.exit(1)
             return
         if configured is None and not no_train:
@@ -328,7 +329,7 @@ def _registry_op(op: str, name: str | None, reason: str, actor: str, config_path
             text = (f"champion is now {version.name} (was {before.name if before else '-'}); "
                     f"recorded by {actor}: {reason}")
         _emit(version.to_dict(), as_json, text)
-    except (NotFoundError, ValueError) as exc:
+    except (NotFoundError, EngineError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         loop.close()
@@ -380,7 +381,7 @@ def rollback(version: str | None, reason: str, actor: str, force: bool, config_p
     _registry_op("rollback", version, reason, actor, config_path, db, as_json, force)
 
 
-_RUN_STATUSES = ["generating", "training", "skipped", "data_ready", "failed", "dry_run", "deployed", "promoted",
+_RUN_STATUSES = ["generating", "training", "skipped", "data_ready", "failed", "dry_run", "deploy_failed", "deployed", "promoted",
                  "rejected", "rolled_back", "interrupted"]
 
 

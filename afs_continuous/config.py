@@ -48,6 +48,7 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -63,6 +64,8 @@ __all__ = [
     "ABTestConfig",
     "LoggerConfig",
     "TrainingConfig",
+    "ServingConfig",
+    "ServingEngineKind",
     "PrimaryMetric",
     "Durability",
     "OutputFormat",
@@ -414,6 +417,65 @@ class TrainingConfig(_Config):
         return bool(self.canary_min_metrics or self.canary_max_metrics or self.canary_max_regression)
 
 
+class ServingEngineKind(str, Enum):
+    """The serving engine the daemon keeps in step with the registry."""
+
+    NONE = "none"
+    """No engine: ``route()`` returns a version and you load ``version.path`` into your serving stack yourself."""
+    VLLM = "vllm"
+    """vLLM servers (``base_urls``): the daemon loads each adapter through vLLM's runtime LoRA API."""
+
+
+class ServingConfig(_Config):
+    """The serving engine (docs/serving.md). ``"engine": "none"`` (the default) changes nothing.
+
+    With ``"vllm"`` the daemon loads every new version as a LoRA adapter on each
+    replica in ``base_urls`` and checks one short generation through it before
+    any traffic is routed to it; a version that fails gets none (its training
+    run ends ``deploy_failed``).
+    """
+
+    engine: ServingEngineKind = Field(
+        ServingEngineKind.NONE, description="'none' (you load version.path yourself) or 'vllm' (the daemon loads adapters "
+        "into the vLLM servers of base_urls before routing traffic to them)."
+    )
+    base_urls: list[str] = Field(
+        [], description="Base URLs of the engine's replicas, e.g. [\"http://127.0.0.1:8000\"] (the OpenAI API is under /v1); "
+        "every replica gets every adapter. Required for 'vllm'."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="Bearer token of the replicas (vLLM's --api-key); a secret, never shown (set it with "
+        "AFS_CONTINUOUS_SERVING__API_KEY rather than in a file)."
+    )
+    base_model_name: str | None = Field(
+        None, min_length=1, description="The base model's served name (vLLM's --served-model-name), used for versions "
+        "without an adapter, e.g. the initial champion. None: the base model the first replica lists."
+    )
+    timeout_s: StrictFloat = Field(60.0, gt=0, description="Timeout of each request to a replica (load, unload, check generation), seconds.")
+    check_prompt: str = Field("Hello", min_length=1, description="Prompt of the check generation each replica must answer through a new adapter.")
+    check_max_tokens: StrictInt = Field(1, ge=1, le=64, description="Tokens the check generation asks for.")
+    reload_interval_s: StrictFloat = Field(
+        30.0, ge=0, description="report_unavailable() asks the engine to load a missing adapter again at most once per this many seconds per version."
+    )
+
+    @field_validator("base_urls")
+    @classmethod
+    def _check_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) < 10:
+                raise ValueError(f"each base URL must start with http:// or https://, got {url!r} "
+                                 "(e.g. \"http://127.0.0.1:8000\")")
+        if len(set(value)) != len(value):
+            raise ValueError("base_urls lists a replica twice")
+        return value
+
+    @model_validator(mode="after")
+    def _check_engine(self) -> "ServingConfig":
+        if self.engine is ServingEngineKind.VLLM and not self.base_urls:
+            raise ValueError("engine 'vllm' needs base_urls, the replicas' base URLs, e.g. [\"http://127.0.0.1:8000\"]")
+        return self
+
+
 class LoopConfig(_Config):
     """Configuration of :class:`~afs_continuous.loop.ContinuousLearningLoop`.
 
@@ -439,6 +501,7 @@ class LoopConfig(_Config):
     ab_test_config: ABTestConfig = Field(default_factory=ABTestConfig)
     logger_config: LoggerConfig = Field(default_factory=LoggerConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
     @field_validator("database_url", mode="before")
     @classmethod
@@ -489,8 +552,11 @@ def _is_text_key(path: list[str]) -> bool:
     field = model.model_fields.get(path[-1])
     if field is None:
         return False
+    if get_origin(field.annotation) in (list, dict):  # a JSON list or object, e.g. serving.base_urls
+        return False
     options = get_args(field.annotation) if get_origin(field.annotation) is not None else (field.annotation,)
     options = tuple(get_args(o)[0] if get_origin(o) is Annotated else o for o in options)
+    options = tuple(str if o is SecretStr else o for o in options)  # an API key is text too
     return str in options and all(o in (str, type(None)) for o in options)
 
 
@@ -499,7 +565,7 @@ def config_record(config: LoopConfig) -> dict[str, Any]:
 
     Paths have ``~`` expanded (another user reading the record gets the
     daemon's paths, not their own), and the password of ``database_url`` is
-    replaced by ``***``.
+    replaced by ``***``, and so is ``serving.api_key``.
 
     Args:
         config: The configuration in effect.
@@ -513,6 +579,9 @@ def config_record(config: LoopConfig) -> dict[str, Any]:
         from sqlalchemy.engine import make_url
 
         data["database_url"] = make_url(data["database_url"]).render_as_string(hide_password=True)
+    serving = data.get("serving")
+    if isinstance(serving, dict) and serving.get("api_key") is not None:
+        serving["api_key"] = "***"
     return data
 
 

@@ -40,6 +40,8 @@ from ._signals import StopSignals
 from .clock import Clock, utc_now
 from .config import LoopConfig, config_record
 from .errors import NotFoundError
+from ._serving import ServingSupport, rollback_target
+from .serving import EngineError, make_engine
 from .experiment import Arm, Decision, Evaluation, ExperimentManager
 from ._queries import count_eligible
 from .generator import TrainingDataGenerator
@@ -116,8 +118,12 @@ class ContinuousLearningLoop:
         self.monitor = DriftMonitor(self.store, cfg.ab_test_config, clock=clock)
         self._stop = threading.Event()
         self.lease = Lease(self.store, "daemon", ttl_s=cfg.lease_ttl_s, holder=f"{owner_id()}:{secrets.token_hex(4)}")
+        self.serving = make_engine(cfg.serving)
+        self._serving = ServingSupport(self.serving, self.store, self.registry, cfg, clock,
+                                       lambda: self._routing_snapshot()[0])
         self.pipeline = RetrainPipeline(cfg, self.store, self.registry, self.experiments, self.generator, self.runs,
-                                        self.triggers, on_deploy=self._invalidate, is_leader=self.lease.holds)
+                                        self.triggers, on_deploy=self._invalidate, is_leader=self.lease.holds,
+                                        serving=self._serving)
         self._lease_held = False
         self._busy = False  # run_loop is inside an iteration (for the signal handler's message)
         self._release_at_exit = functools.partial(_release_at_exit, weakref.ref(self))
@@ -179,6 +185,33 @@ class ContinuousLearningLoop:
 
     def _invalidate(self) -> None:
         self._route_cache = None
+
+    def served_model_name(self, version: ModelVersion) -> str:
+        """The model name to send a request for ``version`` to the serving engine with (the OpenAI ``model``).
+
+        ``"engine": "none"``: the version's name. vLLM: the version's name for an
+        adapter version, ``serving.base_model_name`` for the base model (e.g. the
+        initial champion).
+        """
+        return self.serving.served_model_name(version)
+
+    def report_unavailable(self, version: ModelVersion, error: BaseException | str | None = None) -> ModelVersion:
+        """The engine answered that ``version`` does not exist (e.g. it restarted and forgot its adapters).
+
+        Counts one fallback (``serving_events`` kind ``fallback``; ``get_status_summary()["serving"]``
+        and ``afs-continuous status``), asks the engine to load the adapter again in a background
+        thread (at most once per ``serving.reload_interval_s`` per version; this call never waits
+        for it), and returns the champion to serve the request with. Never raises for a store
+        or engine failure (they are logged).
+
+        Args:
+            version: The version the request was routed to (as returned by :meth:`route`).
+            error: What the engine answered (its message is recorded, truncated).
+
+        Returns:
+            The champion :class:`ModelVersion`.
+        """
+        return self._serving.report_unavailable(version, error)
 
     # ---- daemon side ---------------------------------------------------------------------
 
@@ -295,6 +328,9 @@ class ContinuousLearningLoop:
                    eval_fn: EvalFn | None, pinned: ModelVersion | None) -> dict[str, Any]:
         now = self.clock()
         result: dict[str, Any] = {"timestamp": now.isoformat(), "retrain_triggered": False, "experiment": None}
+        serving = self._serving.sync(now)  # an engine restart lost adapters; retired ones are unloaded
+        if serving is not None:
+            result["serving"] = serving
         result["drift"] = self._watch_champion(now)
         exp = self.experiments.active()
         if exp is not None:
@@ -333,7 +369,7 @@ class ContinuousLearningLoop:
         if check.rollback:
             try:
                 self.rollback(check.previous, reason=check.reason, actor="drift-monitor")
-            except NotFoundError as exc:  # its files are gone: keep serving the champion, tell the operator
+            except (NotFoundError, EngineError) as exc:  # gone or unloadable: keep the champion, tell the operator
                 self.monitor.stop()
                 log.error("drift monitor: %s; not rolled back to %s: %s (the watch ended)", check.reason,
                           check.previous, exc)
@@ -484,11 +520,23 @@ class ContinuousLearningLoop:
             actor: Who (the audit history).
             force: Promote even when the version's ``path`` no longer exists.
 
+        With a serving engine, the version is loaded on every replica (and
+        checked) before it becomes champion; the replaced adapters are unloaded
+        by the daemon once no routing cache can still send them traffic.
+
         Raises:
             NotFoundError: Unknown version, or (without ``force``) its recorded
                 ``path`` is gone; nothing changes. A version without a path
                 (e.g. the initial champion without ``champion_model_path``) is allowed.
+            EngineError: The serving engine cannot load it (the message names the
+                replica and why); nothing changes.
         """
+        target = self.registry.get(name)
+        current = self.registry.champion()
+        if current is None or current.name != target.name:
+            if not force:
+                _require_files(target)
+            self._serving.load(target)
         exp = self.experiments.active()
         with self.store.write() as conn:
             before = self.registry.champion(conn=conn)
@@ -530,10 +578,20 @@ class ContinuousLearningLoop:
             actor: Who (the audit history).
             force: Restore it even when its ``path`` no longer exists.
 
+        With a serving engine, the restored version is loaded on every replica
+        (and checked) first.
+
         Raises:
             NotFoundError: Unknown version, no previous champion, or (without
                 ``force``) the version's recorded ``path`` is gone; nothing changes.
+            EngineError: The serving engine cannot load it (the message names the
+                replica and why); nothing changes.
         """
+        target = rollback_target(self.registry, name)
+        if target is not None:
+            if not force:
+                _require_files(target)
+            self._serving.load(target)
         exp = self.experiments.active()
         with self.store.write() as conn:
             before = self.registry.champion(conn=conn)
@@ -617,6 +675,7 @@ class ContinuousLearningLoop:
             "lease": self.lease.status(),
             "store": self.store.display_url,
             "drops": self._drops_summary(now),
+            "serving": self._serving.summary(now),
         }
 
     def _drops_summary(self, now: Any) -> dict[str, Any]:
@@ -628,6 +687,7 @@ class ContinuousLearningLoop:
         atexit.unregister(self._release_at_exit)
         self._release_lease()
         self.logger.close()
+        self._serving.close()
         self.store.dispose()
 
     def __enter__(self) -> "ContinuousLearningLoop":

@@ -7,6 +7,9 @@ Statuses:
 - ``data_ready``: data prepared, no training asked for (``--no-train``) or no train_fn;
 - ``failed``: train_fn or eval_fn raised, timed out or returned an unusable result (reason stored);
 - ``dry_run``: trained and evaluated (canary included) with ``--dry-run``; nothing deployed or consumed;
+- ``deploy_failed``: trained (and passed the canary gate), but the serving engine refused to load it or
+  failed the check generation on a replica (which one and why: the error and ``gate["deploy"]``); nothing
+  was registered or routed and no data consumed; the champion keeps serving;
 - ``deployed``: the new version is the challenger of a running experiment;
 - ``promoted``: the new version became champion (by the experiment, by hand, or at once without A/B testing);
 - ``rejected``: the canary gate refused it, or the experiment ended without promoting it;
@@ -55,6 +58,7 @@ class RunStatus(str, Enum):
     DATA_READY = "data_ready"
     FAILED = "failed"
     DRY_RUN = "dry_run"
+    DEPLOY_FAILED = "deploy_failed"
     DEPLOYED = "deployed"
     PROMOTED = "promoted"
     REJECTED = "rejected"
@@ -158,6 +162,9 @@ class TrainingRun:
         elif self.model_version is None and canary is not None and not canary.get("passed"):
             out["decided_by"] = "canary gate"
             out["reasons"] = list(canary.get("reasons", []))
+        elif self.status is RunStatus.DEPLOY_FAILED:
+            out["decided_by"] = "serving engine"
+            out["reasons"] = [(self.error or "").split("\n")[0]]
         elif self.model_version is None or self.version is None:
             out["reasons"] = [(self.error or "").split("\n")[0]] if self.error else []
         elif history:
@@ -202,6 +209,7 @@ class TrainingRun:
                 "canary_metrics": canary.get("challenger"), "online": evaluation.get("challenger"),
             },
             "canary": self.canary,
+            "deploy": self.gate.get("deploy"),
             "decision": self.decision,
             "experiment": self.experiment,
             "version": self.version,

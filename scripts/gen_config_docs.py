@@ -21,13 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from afs_continuous.config import (  # noqa: E402
-    DEFAULT_HOME, PATH_KEYS, ABTestConfig, DataGeneratorConfig, LoggerConfig, LoopConfig, TrainingConfig,
-    TriggerConfig,
+    DEFAULT_HOME, PATH_KEYS, ABTestConfig, DataGeneratorConfig, LoggerConfig, LoopConfig, ServingConfig,
+    TrainingConfig, TriggerConfig,
 )
 
 SECTIONS = [
     ("", LoopConfig), ("trigger_config", TriggerConfig), ("generator_config", DataGeneratorConfig),
     ("ab_test_config", ABTestConfig), ("logger_config", LoggerConfig), ("training", TrainingConfig),
+    ("serving", ServingConfig),
 ]
 NESTED = {name for name, _ in SECTIONS if name}
 

@@ -366,3 +366,35 @@ def test_config_record_hides_the_password_and_expands_home(tmp_path: Path) -> No
     assert record["data_dir"] == str(Path.home() / "afs") and record["db_path"].startswith(str(Path.home()))
     assert record["generator_config"]["existing_data_path"] == str(tmp_path / "buffer.jsonl")
     assert LoopConfig.model_validate(record).trigger_config == cfg.trigger_config
+
+
+def test_serving_defaults_to_no_engine_and_validates_its_keys() -> None:
+    from afs_continuous.config import ServingEngineKind
+
+    assert LoopConfig().serving.engine is ServingEngineKind.NONE
+    with pytest.raises(ConfigError, match=r"serving: Value error, engine 'vllm' needs base_urls"):
+        LoopConfig(serving={"engine": "vllm"})
+    with pytest.raises(ConfigError, match=r"serving\.base_urls: .*must start with http:// or https://, got '127\.0\.0\.1:8000'"):
+        LoopConfig(serving={"engine": "vllm", "base_urls": ["127.0.0.1:8000"]})
+    with pytest.raises(ConfigError, match=r"serving\.timeout_s: Input should be a valid number"):
+        LoopConfig(serving={"timeout_s": "30"})
+    with pytest.raises(ConfigError, match=r"serving\.engnie: unknown key \(did you mean 'engine'\?\)"):
+        LoopConfig(serving={"engnie": "vllm"})
+    with pytest.raises(ConfigError, match=r"serving\.engine: Input should be 'none' or 'vllm'"):
+        LoopConfig(serving={"engine": "sglang"})
+
+
+def test_the_serving_api_key_is_a_secret_never_shown() -> None:
+    from afs_continuous.config import config_record
+
+    cfg = load_config(None, env={"AFS_CONTINUOUS_SERVING__API_KEY": "12345",
+                                 "AFS_CONTINUOUS_SERVING__ENGINE": "vllm",
+                                 "AFS_CONTINUOUS_SERVING__BASE_URLS": '["http://127.0.0.1:8000"]'})
+    assert cfg.serving.api_key is not None and cfg.serving.api_key.get_secret_value() == "12345"  # text, not 12345
+    record = config_record(cfg)
+    assert record["serving"]["api_key"] == "***"
+    for shown in (json.dumps(record), repr(cfg), str(cfg), json.dumps(cfg.model_dump(mode="json"))):
+        assert "12345" not in shown
+    with pytest.raises(ConfigError) as info:
+        LoopConfig(serving={"api_key": "s3cret-key", "timeout_s": -1})
+    assert "s3cret-key" not in str(info.value)
