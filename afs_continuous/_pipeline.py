@@ -304,9 +304,10 @@ class RetrainPipeline:
                        exc: EngineError) -> dict[str, Any]:
         """The engine refused the new version: the run ends ``deploy_failed``, nothing is registered or routed,
         no data is consumed, the champion keeps serving."""
-        reason = f"deploy failed: the serving engine cannot serve {name}: {exc}"
+        reason = (f"deploy failed on {exc.replica or 'the serving engine'}: {exc.engine_message or exc}\n"
+                  f"the serving engine cannot serve {name}: {exc}")
         gate["deploy"] = {**exc.to_dict(), "version": name}
-        log.error("run %d: %s; the champion keeps serving", run_id, reason)
+        log.error("run %d: deploy failed: %s; the champion keeps serving", run_id, exc)
         self.runs.update(run_id, status=RunStatus.DEPLOY_FAILED, error=reason, decision=gate, finished=True)
         return {**report, "status": RunStatus.DEPLOY_FAILED.value, "error": reason,
                 "replica": exc.replica, "engine_message": exc.engine_message}

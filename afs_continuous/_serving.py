@@ -160,7 +160,7 @@ class ServingSupport:
         champion = self._champion()
         log.warning("model %s unavailable (%s); served by the champion %s", version.name, detail or "no detail",
                     champion.name)
-        if self.engine.loads_adapters and is_adapter(version) and version.name != champion.name:
+        if self.engine.loads_adapters and is_adapter(version):  # the champion too: a restart forgets it as well
             self._reload_later(version)
         return champion
 

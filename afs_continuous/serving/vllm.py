@@ -15,6 +15,7 @@ see the adapter folder at the same path (a shared volume), see docs/serving.md.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -195,7 +196,7 @@ class VLLMEngine(Engine):
             if version.name in {m["id"] for m in self._models(replica)}:
                 return False
         hint = ""
-        if resp.status_code == 404:
+        if resp.status_code == 404 and msg == "Not Found":  # no such route
             hint = " (is the server started with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True?)"
         raise EngineError(f"vLLM replica {replica} refused to load adapter {version.name!r} from {version.path}: "
                           f"HTTP {resp.status_code}: {msg}{hint}", replica=replica, engine_message=msg,
@@ -227,8 +228,18 @@ class VLLMEngine(Engine):
                               f"model: {msg}", replica=replica, engine_message=msg, version=version)
 
 
+_WORKER_ERROR = re.compile(r"Worker failed with error '(.*)', please check", re.S)
+
+
 def _message(resp: Any) -> str:
-    """The error message of a vLLM/OpenAI error response (``{"error": {"message"}}`` or ``{"message"}``)."""
+    """The error message of a vLLM/OpenAI error response, the worker's own error when vLLM wraps one."""
+    text = _raw_message(resp)
+    inner = _WORKER_ERROR.search(text)
+    return inner.group(1) if inner else text
+
+
+def _raw_message(resp: Any) -> str:
+    """The message of ``{"error": {"message"}}``, ``{"message"}`` or ``{"detail"}``, else the body."""
     try:
         data = resp.json()
     except ValueError:
