@@ -300,6 +300,12 @@ def format_iteration(result: Mapping[str, Any]) -> str:
     if result.get("experiment"):
         lines.append("experiment:")
         lines += format_evaluation(result["experiment"])
+    serving = result.get("serving") or {}
+    for key, label in (("reloaded", "loaded again (a replica had lost it)"), ("unloaded", "unloaded (retired)")):
+        if serving.get(key):
+            lines.append(f"serving: {', '.join(serving[key])} {label}")
+    for error in serving.get("errors") or []:
+        lines.append(f"serving error: {error}")
     trig = result.get("trigger") or {}
     lines.append(f"trigger: {trig.get('reason', '-')}")
     for check in trig.get("checks", []):

@@ -131,6 +131,10 @@ class ServingSupport:
         except EngineError as exc:
             self.record("load_failed", version.name, replica=exc.replica, detail=exc.engine_message or str(exc))
             raise
+        except Exception as exc:  # noqa: BLE001 - e.g. an answer that is not JSON: the same outcome, said so
+            self.record("load_failed", version.name, detail=f"{type(exc).__name__}: {exc}")
+            raise EngineError(f"the serving engine failed while loading {version.name!r}: {type(exc).__name__}: "
+                              f"{exc}", engine_message=f"{type(exc).__name__}: {exc}", version=version.name) from exc
         self.record("loaded", version.name)
 
     def unload(self, version: ModelVersion) -> bool:
@@ -225,7 +229,7 @@ class ServingSupport:
                 if self.engine.ensure_loaded(version):
                     out["reloaded"].append(version.name)
                     self.record("reload", version.name)
-            except EngineError as exc:
+            except Exception as exc:  # noqa: BLE001 - EngineError or an unexpected answer: the iteration goes on
                 out["errors"].append(str(exc))
                 log.error("serving: %s is %s but cannot be loaded: %s", version.name, version.status.value, exc)
         grace = timedelta(seconds=self.config.route_cache_s)
@@ -234,7 +238,7 @@ class ServingSupport:
         if retired:
             try:
                 served = {name for names in self.engine.served_models().values() for name in names}
-            except EngineError as exc:
+            except Exception as exc:  # noqa: BLE001
                 out["errors"].append(str(exc))
                 log.error("serving: cannot list the served models: %s", exc)
                 return out

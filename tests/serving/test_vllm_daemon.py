@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from afs_continuous._report import format_iteration
 from afs_continuous.clock import utc_now
 from afs_continuous.training.lora import make_train_fn
 from afs_continuous.training.tiny import TINY_LORA_SETTINGS
@@ -87,6 +88,7 @@ def test_the_daemon_keeps_vllm_in_step(vllm_server: VLLMServer, tiny_base: Path,
     clock.advance(seconds=(utc_now() - clock()).total_seconds() + 1)
     result = loop.run_iteration()  # the daemon unloads the rolled-back adapter once routing stopped
     assert result["serving"]["unloaded"] == ["base-ft1"]
+    assert "serving: base-ft1 unloaded (retired)" in format_iteration(result)
     assert "base-ft1" not in server.models()
 
     # 3. an adapter vLLM refuses (rank 16 > --max-lora-rank 8): deploy_failed, no traffic, champion serves
@@ -125,3 +127,13 @@ def test_the_daemon_keeps_vllm_in_step(vllm_server: VLLMServer, tiny_base: Path,
     assert summary["fallbacks"] == 1 and summary["reloads"] == 1
     status_text = _cli(["status"], config).stdout
     assert "fallbacks        1 (1 in the last 24 h; 1 reloads)" in status_text
+
+    # 5. the daemon's iteration also puts back what a replica lost (here: unloaded behind its back)
+    status, body = server.complete("base-ft3")
+    assert status == 200
+    from .conftest import http_json
+
+    assert http_json("POST", server.base_url + "/v1/unload_lora_adapter", {"lora_name": "base-ft3"})[0] == 200
+    result = loop.run_iteration()
+    assert result["serving"]["reloaded"] == ["base-ft3"] and "base-ft3" in server.models()
+    assert "serving: base-ft3 loaded again (a replica had lost it)" in format_iteration(result)
