@@ -462,6 +462,9 @@ class ServingConfig(_Config):
     @classmethod
     def _check_urls(cls, value: list[str]) -> list[str]:
         for url in value:
+            if isinstance(url, str) and "@" in url.split("://", 1)[-1].split("/", 1)[0]:
+                raise ValueError("a base URL must not hold credentials (user:password@); set serving.api_key "
+                                 "(AFS_CONTINUOUS_SERVING__API_KEY) instead")
             if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) < 10:
                 raise ValueError(f"each base URL must start with http:// or https://, got {url!r} "
                                  "(e.g. \"http://127.0.0.1:8000\")")

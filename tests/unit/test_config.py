@@ -398,3 +398,6 @@ def test_the_serving_api_key_is_a_secret_never_shown() -> None:
     with pytest.raises(ConfigError) as info:
         LoopConfig(serving={"api_key": "s3cret-key", "timeout_s": -1})
     assert "s3cret-key" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"must not hold credentials \(user:password@\); set serving\.api_key") as info:
+        LoopConfig(serving={"engine": "vllm", "base_urls": ["http://afs:pw-secret@10.0.0.5:8000"]})
+    assert "pw-secret" not in str(info.value)
