@@ -210,8 +210,13 @@ def _as_dt(value: Any) -> datetime | None:
 ARM_METRICS = ("quality", "positive", "negative", "latency")
 
 
-def arm_aggregates(conn: Connection, model: str, start: datetime, end: datetime) -> dict[str, Any]:
+def arm_aggregates(conn: Connection, model: str, start: datetime, end: datetime, *,
+                   experiment: tuple[int, str] | None = None) -> dict[str, Any]:
     """Per-unit sums of one arm's records in ``[start, end]`` (one SQL statement).
+
+    The arm's records are those served by ``model``, or with ``experiment=(experiment id, arm)``
+    those exposed under that experiment's arm (``usage_records.experiment_id`` and ``arm``, whatever
+    their model name; the ``(experiment_id, arm)`` index).
 
     Records are grouped by unit (``unit_id``; a record without one is its own
     unit). For each metric -- ``quality`` (quality_score), ``positive`` and
@@ -235,7 +240,9 @@ def arm_aggregates(conn: Connection, model: str, start: datetime, end: datetime)
         rated.label("rated"),
         case((fb > 0, 1), else_=0).label("pos"),
         case((fb < 0, 1), else_=0).label("neg"),
-    ).where(U.c.model == model, U.c.created_at >= start, U.c.created_at <= end).subquery()
+    ).where(*((U.c.model == model,) if experiment is None else (U.c.experiment_id == experiment[0],
+                                                                  U.c.arm == experiment[1])),
+            U.c.created_at >= start, U.c.created_at <= end).subquery()
     r = per_record.c
     per_unit = select(
         func.count().label("n"),
