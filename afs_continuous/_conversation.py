@@ -126,19 +126,23 @@ def dedup_prompt(messages: Iterable[dict[str, str]]) -> str:
 
 
 def render_prompt(messages: Sequence[dict[str, str]]) -> str:
-    """A conversation as one prompt text for the alpaca and completion formats.
+    """A conversation (before the answer) as one prompt text for the alpaca and completion formats.
 
-    A single user turn is its text; a longer conversation renders each turn as
-    ``Role: text``, separated by blank lines, ending with the final user turn.
+    Those formats have no place for a system prompt or earlier turns: a single
+    exchange (one user turn, with or without a system prompt) is its user text,
+    as a ``query=`` record; a longer conversation renders every turn, system
+    prompt included, as ``Role: text``, separated by blank lines, ending with
+    the final user turn.
 
-    >>> render_prompt([{"role": "user", "content": "Hi"}])
+    >>> render_prompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
     'Hi'
     >>> render_prompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
     ...                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name?"}])
-    'System: Be brief.\\n\\nUser: Hi\\n\\nAssistant: Hello!\\n\\nUser: Name?'
+    'System: Be brief.\n\nUser: Hi\n\nAssistant: Hello!\n\nUser: Name?'
     """
-    if _single_user(messages):
-        return messages[0]["content"]
+    turns = [m for m in messages if m["role"] not in _SYSTEM_ROLES]
+    if len(turns) == 1 and turns[0]["role"] == "user":
+        return turns[0]["content"]
     return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
 
 

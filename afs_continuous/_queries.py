@@ -108,14 +108,15 @@ def backfill_content_hashes(conn: Connection, gen: DataGeneratorConfig, after: d
     """Compute the content hash of every record in ``(after, until]`` that passes the quality and
     feedback stages and has none yet; returns how many were filled.
 
-    The writer leaves ``content_hash`` empty to keep the logging path cheap; the
+    The hash covers the whole conversation of a record logged with ``messages=``
+    (:func:`~afs_continuous._conversation.conversation_hash`). The writer leaves ``content_hash`` empty to keep the logging path cheap; the
     daemon fills it here, for the (few) records that may become training
     samples, before counting or generating. Needs a write transaction.
     """
-    from ._text import content_hash
+    from ._conversation import conversation_hash
 
     stmt = (
-        select(U.c.id, U.c.query, U.c.response)
+        select(U.c.id, U.c.query, U.c.response, U.c.messages_json)
         .where(U.c.content_hash.is_(None), *window_condition(after, until), *quality_condition(gen),
                *feedback_condition(gen))
         .limit(batch)
@@ -126,7 +127,7 @@ def backfill_content_hashes(conn: Connection, gen: DataGeneratorConfig, after: d
         rows = conn.execute(stmt).all()
         if not rows:
             return filled
-        conn.execute(update, [{"h": content_hash(q, r), "rid": rid} for rid, q, r in rows])
+        conn.execute(update, [{"h": conversation_hash(q, r, mj), "rid": rid} for rid, q, r, mj in rows])
         filled += len(rows)
 
 
