@@ -126,7 +126,7 @@ def dedup_prompt(messages: Iterable[dict[str, str]]) -> str:
 
 
 def render_prompt(messages: Sequence[dict[str, str]]) -> str:
-    """A conversation (before the answer) as one prompt text for the alpaca and completion formats.
+    r"""A conversation (before the answer) as one prompt text for the alpaca and completion formats.
 
     Those formats have no place for a system prompt or earlier turns: a single
     exchange (one user turn, with or without a system prompt) is its user text,

@@ -95,7 +95,7 @@ def encoded_line(fmt: OutputFormat, query_json: str, response_json: str, system_
 
 def format_conversation(fmt: OutputFormat, messages: list[dict[str, str]], response: str,
                         system_prompt: str | None = None) -> dict[str, Any]:
-    """One exported line for a conversation record (``messages`` before the answer, then ``response``).
+    r"""One exported line for a conversation record (``messages`` before the answer, then ``response``).
 
     chatml keeps every turn: ``{"messages": [system, earlier turns..., final user, assistant]}``
     (``system_prompt`` first when the conversation has none); alpaca and completion render the

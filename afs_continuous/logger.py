@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import math
 import os
 import queue
 import threading
@@ -52,7 +51,8 @@ from ._logger_process import install_sigterm_flush as _install_sigterm_flush
 from ._logger_process import reset_after_fork as _reset_after_fork
 from ._conversation import encode_messages, validate_messages
 from ._text import clean_text
-from ._validate import unit_text as _unit_text, validate_metadata
+from ._validate import unit_text as _unit_text
+from ._validate import validate_feedback, validate_latency, validate_metadata, validate_quality, validate_tokens
 from .clock import Clock, utc_now
 from .config import Durability, LoggerConfig
 from .errors import StoreError
@@ -68,63 +68,6 @@ _DROPS = WriterDrop.__table__  # type: ignore[attr-defined]
 _FEEDBACK = FeedbackEvent.__table__  # type: ignore[attr-defined]
 _RECENT_IDS = 65_536
 _MAX_RETRIES = 8
-
-
-def validate_feedback(feedback: Any) -> int:
-    """Return ``feedback`` as an int in {-1, 0, 1}.
-
-    Raises:
-        ValueError: ``feedback`` is not exactly -1, 0 or 1 (booleans, strings,
-            None and floats such as 0.5 are rejected).
-    """
-    if isinstance(feedback, bool) or not isinstance(feedback, int) or feedback not in (-1, 0, 1):
-        raise ValueError(f"feedback must be -1, 0 or 1 (int), got {feedback!r}")
-    return int(feedback)
-
-
-def validate_quality(quality_score: Any) -> float | None:
-    """Return ``quality_score`` as a float in [0, 1], or None.
-
-    Raises:
-        ValueError: not a real number, NaN, infinite, or outside [0, 1].
-    """
-    if quality_score is None:
-        return None
-    if isinstance(quality_score, bool) or not isinstance(quality_score, (int, float)):
-        raise ValueError(f"quality_score must be a number in [0, 1] or None, got {quality_score!r}")
-    value = float(quality_score)
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"quality_score must be a finite number in [0, 1], got {quality_score!r}")
-    return value
-
-
-def validate_latency(latency_ms: Any) -> float | None:
-    """Return ``latency_ms`` (milliseconds) as a finite float >= 0, or None.
-
-    Raises:
-        ValueError: not a real number, NaN, infinite or negative.
-    """
-    if latency_ms is None:
-        return None
-    if isinstance(latency_ms, bool) or not isinstance(latency_ms, (int, float)):
-        raise ValueError(f"latency_ms must be a number of milliseconds or None, got {latency_ms!r}")
-    value = float(latency_ms)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"latency_ms must be a finite number >= 0 (milliseconds), got {latency_ms!r}")
-    return value
-
-
-def validate_tokens(count: Any, name: str) -> int:
-    """Return a token count as an int >= 0.
-
-    Raises:
-        ValueError: not an int (booleans and floats are rejected) or negative; the message names ``name``.
-    """
-    if type(count) is not int or count < 0:
-        if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
-            return int(count)  # an int subclass (e.g. numpy's are not; IntEnum is)
-        raise ValueError(f"{name} must be an int >= 0 (a token count) or None, got {count!r}")
-    return count
 
 
 def _as_text(value: Any, name: str) -> str:
