@@ -96,7 +96,11 @@ def assign_arm(seed: str, unit_id: str, traffic_fraction: float) -> Arm:
 
 @dataclass(frozen=True)
 class ExperimentInfo:
-    """A champion/challenger experiment (snapshot of its row)."""
+    """A champion/challenger experiment (snapshot of its row).
+
+    ``exposure_logging``: True for experiments started since schema 0006, evaluated only on the
+    records exposed under them (``usage_records.experiment_id``); False for older ones (by model name).
+    """
 
     id: int
     champion: str

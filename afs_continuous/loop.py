@@ -126,6 +126,7 @@ class ContinuousLearningLoop:
         atexit.register(self._release_at_exit)  # a lease still held at interpreter exit is given back
         self._route_cache: tuple[float, ModelVersion, ModelVersion | None, Any] | None = None
         self._exposures: dict[str, ModelVersion] = {}  # unit id -> its latest route() (bounded, see _exposure)
+        self._exposed: tuple[Any, ModelVersion, ModelVersion] | None = None  # (experiment, champion, challenger)
         self.store.setdefault_state("first_start_at", clock())  # atomic: many workers may open a new store at once
         self.registry.ensure_champion(cfg.champion_model, cfg.champion_model_path)
 
@@ -189,8 +190,11 @@ class ContinuousLearningLoop:
             if unit_id is not None and self._exposures:
                 self._exposures.pop(unit_id if type(unit_id) is str else str(unit_id), None)
             return champion
-        arm = self.experiments.assign(exp, unit_id)
-        version = replace(challenger if arm == Arm.CHALLENGER else champion, experiment_id=exp.id, arm=arm.value)
+        exposed = self._exposed
+        if exposed is None or exposed[0] is not exp:  # built once per routing snapshot
+            exposed = self._exposed = (exp, replace(champion, experiment_id=exp.id, arm=Arm.CHAMPION.value),
+                                       replace(challenger, experiment_id=exp.id, arm=Arm.CHALLENGER.value))
+        version = exposed[2] if self.experiments.assign(exp, unit_id) == Arm.CHALLENGER else exposed[1]
         if unit_id is not None:
             remember(self._exposures, unit_id if type(unit_id) is str else str(unit_id), version)
         return version
