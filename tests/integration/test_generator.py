@@ -690,3 +690,21 @@ def test_the_trigger_counts_conversations_as_the_generator_keeps_them(conversati
     with loop.store.write() as conn:
         backfill_content_hashes(conn, cfg, None, clock())
         assert count_eligible(conn, cfg, None, clock()) == 5  # exact duplicates over the whole conversation
+
+
+def test_a_training_run_trains_on_and_rehearses_whole_conversations(tmp_path, clock, make_loop, trainer) -> None:
+    """Through the daemon's pipeline: train_fn receives every turn, and the rehearsal buffer keeps them."""
+    loop = make_loop(tmp_path, clock, enable_ab_testing=False, train_fn=trainer, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 2, "include_existing_data": False})
+    for i in range(3):
+        messages = conversation("You are terse.", f"Which CPU, part {i}?", f"A 65C816, part {i}.", f"How fast, {i}?")
+        rid = loop.log_usage(messages=messages, response=f"3.58 MHz, {i}.", model="base", quality_score=0.9)
+        loop.record_feedback(rid, 1, comment="good")
+    loop.logger.flush()
+    assert loop.run_iteration(manual=True)["retrain"]["status"] == "promoted"
+    trained = trainer.samples[0]
+    assert len(trained) == 3 and all(len(s["messages"]) == 5 for s in trained)
+    assert [m["role"] for m in trained[0]["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    buffered = loop.generator.rehearsal_buffer.load()
+    assert sorted(json.dumps(s, sort_keys=True) for s in buffered) == sorted(json.dumps(s, sort_keys=True)
+                                                                             for s in trained)
