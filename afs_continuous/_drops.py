@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sqlalchemy import String, cast, func, insert, select
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import AfsContinuousError, StoreError
 from .store import Store, WriterDrop, parse_dt
+from ._store_errors import store_problem
 
 __all__ = ["DropTally", "SpoolFile", "drops_summary", "loud_error", "store_errors", "store_problem", "where"]
 
@@ -47,7 +48,7 @@ def where(store: Store) -> str:
     """The store's file path, or its URL with the password hidden."""
     if store.path is not None:
         return str(store.path)
-    return make_url(store.url).render_as_string(hide_password=True)
+    return store.display_url
 
 
 def loud_error(msg: str, *args: Any) -> None:
@@ -79,24 +80,6 @@ def loud_error(msg: str, *args: Any) -> None:
             pass
 
 
-def store_problem(exc: BaseException) -> str:
-    """What a database error means for the operator: the cause and the fix, in one sentence."""
-    text = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-    low = text.lower()
-    if "full" in low:
-        hint = "free space on the store's disk; writing resumes by itself"
-    elif "readonly" in low or "read-only" in low or "read only" in low:
-        hint = "the store (or its folder) is read-only for this user: fix its permissions or mount"
-    elif "locked" in low or "busy" in low:
-        hint = "another process holds the store's write lock; it is retried"
-    elif "malformed" in low or "not a database" in low or "corrupt" in low:
-        hint = ("the store file is damaged: stop every process using it, move it aside and recover what is "
-                "readable with `sqlite3 <moved file> .recover | sqlite3 <store path>`, or restore a backup")
-    elif "disk i/o" in low:
-        hint = "the disk or file system failed a read or write (full, removed or failing): check it"
-    else:
-        hint = "check that the store is reachable and writable"
-    return f"{text} ({hint})"
 
 
 @contextmanager

@@ -18,10 +18,11 @@ from json.encoder import encode_basestring as _json_str  # the C encoder of json
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from ._conversation import chat_messages, render_prompt
 from ._io import escape_line_separators, jsonl_line, make_private_dirs
 from .config import OutputFormat
 
-__all__ = ["ShuffleWriter", "chat_pair", "encoded_line", "format_chat", "format_pair", "json_str", "pair_line",
+__all__ = ["ShuffleWriter", "chat_pair", "encoded_line", "format_chat", "format_conversation", "format_pair", "json_str", "pair_line",
            "write_parquet", "val_path_for", "BUCKET_LINES"]
 
 BUCKET_LINES = 20_000
@@ -92,11 +93,36 @@ def encoded_line(fmt: OutputFormat, query_json: str, response_json: str, system_
             + r + "}]}\n")
 
 
+def format_conversation(fmt: OutputFormat, messages: list[dict[str, str]], response: str,
+                        system_prompt: str | None = None) -> dict[str, Any]:
+    r"""One exported line for a conversation record (``messages`` before the answer, then ``response``).
+
+    chatml keeps every turn: ``{"messages": [system, earlier turns..., final user, assistant]}``
+    (``system_prompt`` first when the conversation has none); alpaca and completion render the
+    earlier turns into the prompt (:func:`~afs_continuous._conversation.render_prompt`).
+
+    >>> conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+    ...         {"role": "user", "content": "Bye"}]
+    >>> format_conversation(OutputFormat.COMPLETION, conv, "Goodbye!")
+    {'prompt': 'User: Hi\n\nAssistant: Hello!\n\nUser: Bye', 'completion': 'Goodbye!'}
+    >>> [m["role"] for m in format_conversation(OutputFormat.CHATML, conv, "Goodbye!", "Be brief.")["messages"]]
+    ['system', 'user', 'assistant', 'user', 'assistant']
+    """
+    if fmt is OutputFormat.CHATML:
+        return {"messages": chat_messages(messages, response, system_prompt)}
+    return format_pair(fmt, render_prompt(messages), response)
+
+
 def format_chat(fmt: OutputFormat, sample: dict[str, Any]) -> dict[str, Any]:
-    """One exported line for a chat sample from the rehearsal buffer (chatml keeps every turn)."""
+    """One exported line for a chat sample from the rehearsal buffer (chatml keeps every turn;
+    alpaca and completion render the turns before the last answer into the prompt)."""
     if fmt is OutputFormat.CHATML:
         return sample
-    return format_pair(fmt, *chat_pair(sample))
+    messages = sample["messages"]
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        return format_pair(fmt, *chat_pair(sample))
+    return format_pair(fmt, render_prompt(messages[:last]), messages[last]["content"])
 
 
 def val_path_for(path: Path) -> Path:

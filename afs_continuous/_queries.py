@@ -108,14 +108,15 @@ def backfill_content_hashes(conn: Connection, gen: DataGeneratorConfig, after: d
     """Compute the content hash of every record in ``(after, until]`` that passes the quality and
     feedback stages and has none yet; returns how many were filled.
 
-    The writer leaves ``content_hash`` empty to keep the logging path cheap; the
+    The hash covers the whole conversation of a record logged with ``messages=``
+    (:func:`~afs_continuous._conversation.conversation_hash`). The writer leaves ``content_hash`` empty to keep the logging path cheap; the
     daemon fills it here, for the (few) records that may become training
     samples, before counting or generating. Needs a write transaction.
     """
-    from ._text import content_hash
+    from ._conversation import conversation_hash
 
     stmt = (
-        select(U.c.id, U.c.query, U.c.response)
+        select(U.c.id, U.c.query, U.c.response, U.c.messages_json)
         .where(U.c.content_hash.is_(None), *window_condition(after, until), *quality_condition(gen),
                *feedback_condition(gen))
         .limit(batch)
@@ -126,7 +127,7 @@ def backfill_content_hashes(conn: Connection, gen: DataGeneratorConfig, after: d
         rows = conn.execute(stmt).all()
         if not rows:
             return filled
-        conn.execute(update, [{"h": content_hash(q, r), "rid": rid} for rid, q, r in rows])
+        conn.execute(update, [{"h": conversation_hash(q, r, mj), "rid": rid} for rid, q, r, mj in rows])
         filled += len(rows)
 
 
@@ -210,8 +211,13 @@ def _as_dt(value: Any) -> datetime | None:
 ARM_METRICS = ("quality", "positive", "negative", "latency")
 
 
-def arm_aggregates(conn: Connection, model: str, start: datetime, end: datetime) -> dict[str, Any]:
+def arm_aggregates(conn: Connection, model: str, start: datetime, end: datetime, *,
+                   experiment: tuple[int, str] | None = None) -> dict[str, Any]:
     """Per-unit sums of one arm's records in ``[start, end]`` (one SQL statement).
+
+    The arm's records are those served by ``model``, or with ``experiment=(experiment id, arm)``
+    those exposed under that experiment's arm (``usage_records.experiment_id`` and ``arm``, whatever
+    their model name; the ``(experiment_id, arm)`` index).
 
     Records are grouped by unit (``unit_id``; a record without one is its own
     unit). For each metric -- ``quality`` (quality_score), ``positive`` and
@@ -235,7 +241,9 @@ def arm_aggregates(conn: Connection, model: str, start: datetime, end: datetime)
         rated.label("rated"),
         case((fb > 0, 1), else_=0).label("pos"),
         case((fb < 0, 1), else_=0).label("neg"),
-    ).where(U.c.model == model, U.c.created_at >= start, U.c.created_at <= end).subquery()
+    ).where(*((U.c.model == model,) if experiment is None else (U.c.experiment_id == experiment[0],
+                                                                  U.c.arm == experiment[1])),
+            U.c.created_at >= start, U.c.created_at <= end).subquery()
     r = per_record.c
     per_unit = select(
         func.count().label("n"),

@@ -30,18 +30,13 @@ from .config import LoopConfig
 from .errors import NotFoundError
 from .registry import ModelRegistry, ModelVersion, VersionStatus
 from .serving import Engine, EngineError, is_adapter
-from .store import Store
-
-try:  # TEMPORARY until migration 0006 (serving_events) is merged
-    from .store import ServingEvent
-except ImportError:  # pragma: no cover
-    ServingEvent = None  # type: ignore[assignment,misc]
+from .store import ServingEvent, Store
 
 __all__ = ["ServingSupport", "rollback_target"]
 
 log = logging.getLogger("afs_continuous.serving")
 
-_T = ServingEvent.__table__ if ServingEvent is not None else None  # type: ignore[attr-defined]
+_T = ServingEvent.__table__  # type: ignore[attr-defined]
 _DETAIL_CHARS = 2000
 
 
@@ -77,8 +72,6 @@ class ServingSupport:
         row = {"at": self.clock(), "kind": kind, "version": version[:200], "replica": replica,
                "detail": detail[:_DETAIL_CHARS] if detail else None, "host": socket.gethostname()[:200],
                "pid": os.getpid()}
-        if _T is None:  # TEMPORARY until migration 0006
-            return
         try:
             if conn is not None:
                 conn.execute(insert(_T).values(**row))
@@ -97,9 +90,6 @@ class ServingSupport:
             "last_load_failure": {at, version, replica, detail} | None}``.
         """
         since = now - timedelta(hours=24)
-        if _T is None:  # TEMPORARY until migration 0006
-            return {**self.engine.describe(), "fallbacks": 0, "fallbacks_24h": 0, "last_fallback": None, "reloads": 0,
-                    "load_failures": 0, "last_load_failure": None}
         with self.store.read() as conn:
             counts = dict(conn.execute(select(_T.c.kind, func.count()).group_by(_T.c.kind)).all())
             recent = conn.execute(select(func.count()).where(_T.c.kind == "fallback", _T.c.at >= since)).scalar_one()

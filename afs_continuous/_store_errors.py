@@ -109,7 +109,7 @@ def open_error_message(url: str, path: Path | None, exc: BaseException) -> str:
             denied = _denied(path)
             if denied:
                 return f"permission denied opening the store at {path}: {denied}; run as its owner or fix its permissions"
-        return f"cannot open the store at {where}: {detail}"
+        return f"cannot open the store at {where}: {store_problem(orig)}"
     server = f"{parsed.host or 'localhost'}:{parsed.port}" if parsed.port else (parsed.host or "localhost")
     missing = re.search(r'database "([^"]+)" does not exist', detail)
     if missing:
@@ -123,3 +123,23 @@ def open_error_message(url: str, path: Path | None, exc: BaseException) -> str:
         return (f"cannot connect to the database server at {server} ({shown}): {detail}; is the server running "
                 "there and accepting connections? Check the host and port of database_url.")
     return f"cannot open the store at {shown}: {detail}"
+
+
+def store_problem(exc: BaseException) -> str:
+    """What a database error means for the operator: the cause and the fix, in one sentence."""
+    text = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    low = text.lower()
+    if "full" in low:
+        hint = "free space on the store's disk; writing resumes by itself"
+    elif "readonly" in low or "read-only" in low or "read only" in low:
+        hint = "the store (or its folder) is read-only for this user: fix its permissions or mount"
+    elif "locked" in low or "busy" in low:
+        hint = "another process holds the store's write lock; it is retried"
+    elif "malformed" in low or "not a database" in low or "corrupt" in low:
+        hint = ("the store file is damaged: stop every process using it, move it aside and recover what is "
+                "readable with `sqlite3 <moved file> .recover | sqlite3 <store path>`, or restore a backup")
+    elif "disk i/o" in low:
+        hint = "the disk or file system failed a read or write (full, removed or failing): check it"
+    else:
+        hint = "check that the store is reachable and writable"
+    return f"{text} ({hint})"

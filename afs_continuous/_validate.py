@@ -1,4 +1,4 @@
-"""Validation of the free-form arguments of ``log()``: ``metadata`` and ``unit_id``.
+"""Validation of the arguments of ``log()`` and ``record_feedback()`` (re-exported by :mod:`afs_continuous.logger`).
 
 Cheap on the hot path: one walk over the (usually tiny) metadata, then one
 ``json.dumps(..., allow_nan=False)``.
@@ -7,9 +7,11 @@ Cheap on the hot path: one walk over the (usually tiny) metadata, then one
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Mapping
 
-__all__ = ["unit_text", "validate_metadata"]
+__all__ = ["unit_text", "validate_feedback", "validate_latency", "validate_metadata", "validate_quality",
+           "validate_tokens"]
 
 
 def validate_metadata(metadata: Any) -> str | None:
@@ -86,3 +88,60 @@ def unit_text(unit_id: Any) -> str | None:
         return str(unit_id)
     raise ValueError(f"unit_id must be a str or an int (user or conversation id), got {unit_id!r} "
                      f"({kind.__name__})")
+
+
+def validate_feedback(feedback: Any) -> int:
+    """Return ``feedback`` as an int in {-1, 0, 1}.
+
+    Raises:
+        ValueError: ``feedback`` is not exactly -1, 0 or 1 (booleans, strings,
+            None and floats such as 0.5 are rejected).
+    """
+    if isinstance(feedback, bool) or not isinstance(feedback, int) or feedback not in (-1, 0, 1):
+        raise ValueError(f"feedback must be -1, 0 or 1 (int), got {feedback!r}")
+    return int(feedback)
+
+
+def validate_quality(quality_score: Any) -> float | None:
+    """Return ``quality_score`` as a float in [0, 1], or None.
+
+    Raises:
+        ValueError: not a real number, NaN, infinite, or outside [0, 1].
+    """
+    if quality_score is None:
+        return None
+    if isinstance(quality_score, bool) or not isinstance(quality_score, (int, float)):
+        raise ValueError(f"quality_score must be a number in [0, 1] or None, got {quality_score!r}")
+    value = float(quality_score)
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"quality_score must be a finite number in [0, 1], got {quality_score!r}")
+    return value
+
+
+def validate_latency(latency_ms: Any) -> float | None:
+    """Return ``latency_ms`` (milliseconds) as a finite float >= 0, or None.
+
+    Raises:
+        ValueError: not a real number, NaN, infinite or negative.
+    """
+    if latency_ms is None:
+        return None
+    if isinstance(latency_ms, bool) or not isinstance(latency_ms, (int, float)):
+        raise ValueError(f"latency_ms must be a number of milliseconds or None, got {latency_ms!r}")
+    value = float(latency_ms)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"latency_ms must be a finite number >= 0 (milliseconds), got {latency_ms!r}")
+    return value
+
+
+def validate_tokens(count: Any, name: str) -> int:
+    """Return a token count as an int >= 0.
+
+    Raises:
+        ValueError: not an int (booleans and floats are rejected) or negative; the message names ``name``.
+    """
+    if type(count) is not int or count < 0:
+        if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+            return int(count)  # an int subclass (e.g. numpy's are not; IntEnum is)
+        raise ValueError(f"{name} must be an int >= 0 (a token count) or None, got {count!r}")
+    return count

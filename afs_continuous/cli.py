@@ -105,12 +105,13 @@ def _open_loop(config: LoopConfig, *, must_exist: bool = True) -> Any:
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import SQLAlchemyError
 
-        from ._drops import store_problem
+        from ._store_errors import store_problem
+        from ._store_errors import display_url
 
         if not isinstance(exc, (SQLAlchemyError, sqlite3.Error)):
             raise
         url = make_url(config.store_url)
-        shown = url.database if url.get_backend_name() == "sqlite" else url.render_as_string(hide_password=True)
+        shown = url.database if url.get_backend_name() == "sqlite" else display_url(config.store_url)
         raise click.ClickException(f"cannot open the store {shown}: {store_problem(exc)}") from None
 
 

@@ -579,9 +579,9 @@ def config_record(config: LoopConfig) -> dict[str, Any]:
     """
     data = map_paths(config.model_dump(mode="json"), os.path.expanduser)
     if data.get("database_url"):
-        from sqlalchemy.engine import make_url
+        from ._store_errors import display_url
 
-        data["database_url"] = make_url(data["database_url"]).render_as_string(hide_password=True)
+        data["database_url"] = display_url(data["database_url"])
     serving = data.get("serving")
     if isinstance(serving, dict) and serving.get("api_key") is not None:
         serving["api_key"] = "***"

@@ -6,10 +6,16 @@ half-open range [0, traffic_fraction) (the approach of GrowthBook's SDKs). The
 same unit id therefore always gets the same arm within one experiment, and a
 new experiment (new seed) reshuffles units.
 
-Evaluation reads per-arm sums from the records each arm served (records logged
-with ``model=<version name>`` since the experiment started) and applies the
-decision rule of :class:`~afs_continuous.config.ABTestConfig` with the
-statistics of :mod:`afs_continuous.stats`.
+Evaluation reads per-arm sums from the records exposed under the experiment
+(records whose ``experiment_id`` is the experiment's, each counted for the
+``arm`` it was routed to: what ``route()`` returned, logged with
+``model=version``) and applies the decision rule of
+:class:`~afs_continuous.config.ABTestConfig` with the statistics of
+:mod:`afs_continuous.stats`. A record served while a worker's routing cache
+still held the state before the experiment carries no exposure and counts for
+neither arm. Experiments of stores older than schema 0006
+(``exposure_logging`` false) keep the older attribution: records logged with
+``model=<version name>`` since the experiment started.
 """
 
 from __future__ import annotations
@@ -90,7 +96,11 @@ def assign_arm(seed: str, unit_id: str, traffic_fraction: float) -> Arm:
 
 @dataclass(frozen=True)
 class ExperimentInfo:
-    """A champion/challenger experiment (snapshot of its row)."""
+    """A champion/challenger experiment (snapshot of its row).
+
+    ``exposure_logging``: True for experiments started since schema 0006, evaluated only on the
+    records exposed under them (``usage_records.experiment_id``); False for older ones (by model name).
+    """
 
     id: int
     champion: str
@@ -104,6 +114,7 @@ class ExperimentInfo:
     last_evaluation: dict[str, Any] | None
     min_p_value: float | None
     n_looks: int
+    exposure_logging: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,7 +123,7 @@ class ExperimentInfo:
             "started_at": self.started_at.isoformat(),
             "ended_at": self.ended_at.isoformat() if self.ended_at else None,
             "decision": self.decision, "min_p_value": self.min_p_value, "n_looks": self.n_looks,
-            "last_evaluation": self.last_evaluation,
+            "last_evaluation": self.last_evaluation, "exposure_logging": self.exposure_logging,
         }
 
 
@@ -122,7 +133,7 @@ def _to_info(row: Any) -> ExperimentInfo:
         id=m["id"], champion=m["champion"], challenger=m["challenger"], traffic_fraction=m["traffic_fraction"],
         seed=m["seed"], status=m["status"], started_at=m["started_at"], ended_at=m["ended_at"],
         decision=m["decision"], last_evaluation=json.loads(m["last_evaluation_json"]) if m["last_evaluation_json"] else None,
-        min_p_value=m["min_p_value"], n_looks=m["n_looks"],
+        min_p_value=m["min_p_value"], n_looks=m["n_looks"], exposure_logging=bool(m["exposure_logging"]),
     )
 
 
@@ -240,7 +251,7 @@ class ExperimentManager:
         result = conn.execute(E.insert().values(
             champion=champion, challenger=challenger, traffic_fraction=fraction,
             seed=seed if seed is not None else secrets.token_hex(8),
-            status="running", started_at=now, n_looks=0,
+            status="running", started_at=now, n_looks=0, exposure_logging=True,
         ))
         return self.get(int(result.inserted_primary_key[0]), conn=conn)
 
@@ -298,8 +309,7 @@ class ExperimentManager:
         now = self.clock() if now is None else now
         metric = cfg.primary_metric
         with self.store.read() as conn:
-            a = arm_aggregates(conn, exp.champion, exp.started_at, now)
-            b = arm_aggregates(conn, exp.challenger, exp.started_at, now)
+            a, b = self.arm_data(exp, now, conn=conn)
         sa, sb = unit_summary(a, _METRIC_KEY[metric]), unit_summary(b, _METRIC_KEY[metric])
         elapsed_h = max(0.0, (now - exp.started_at).total_seconds() / 3600.0)
         ev = Evaluation(
@@ -370,6 +380,20 @@ class ExperimentManager:
         if record:
             self._record(exp, ev)
         return ev
+
+    def arm_data(self, exp: ExperimentInfo, now: datetime, *, conn: Connection) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Per-unit sums (:func:`~afs_continuous._queries.arm_aggregates`) of the champion and challenger arms.
+
+        Records exposed under ``exp`` (``experiment_id``) count for the arm they were routed to; an
+        experiment from before schema 0006 (``exposure_logging`` false) counts records by model name.
+        Only records created in ``[started_at, now]``.
+        """
+        if exp.exposure_logging:
+            return (arm_aggregates(conn, exp.champion, exp.started_at, now, experiment=(exp.id, Arm.CHAMPION.value)),
+                    arm_aggregates(conn, exp.challenger, exp.started_at, now,
+                                   experiment=(exp.id, Arm.CHALLENGER.value)))
+        return (arm_aggregates(conn, exp.champion, exp.started_at, now),
+                arm_aggregates(conn, exp.challenger, exp.started_at, now))
 
     def _guardrails(self, a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
         """Guardrail metrics (higher is worse): violated when the challenger's relative increase is

@@ -6,10 +6,12 @@ Stages, each counted in :attr:`GenerationResult.counts`:
    record consumed by the last successful run) and not in the future;
 2. ``after_quality``: ``quality_score >= min_quality_score``, not truncated, non-empty;
 3. ``after_feedback``: latest feedback >= ``min_user_feedback`` (positive only by default);
-4. ``after_dedup``: one sample per normalised (query, response) (whitespace and case folded);
+4. ``after_dedup``: one sample per normalised content (whitespace and case folded): the (query,
+   response) pair, or for a record logged with ``messages=`` the whole conversation and the response;
 5. ``after_exclude_trained``: content already used by an earlier successful run removed;
 6. ``after_near_dedup``: near duplicates removed (MinHash LSH, estimated Jaccard
-   similarity >= ``near_dedup_threshold`` on word n-gram shingles), within the
+   similarity >= ``near_dedup_threshold`` on word n-gram shingles of every turn but the system
+   prompt, and the response), within the
    new data (the better-scored sample survives), against the rehearsal buffer
    when it is mixed in, and against the newest ``near_dedup_history_size``
    samples of earlier successful runs;
@@ -71,9 +73,11 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
 from ._io import make_private_dirs
-from ._export import ShuffleWriter, chat_pair, encoded_line, format_chat, format_pair, json_str, val_path_for, write_parquet
+from ._conversation import conversation_hash, dedup_prompt
+from ._export import (ShuffleWriter, chat_pair, encoded_line, format_chat, format_conversation, format_pair, json_str,
+                      val_path_for, write_parquet)
+from ._io import jsonl_line
 from ._queries import T, U, feedback_condition, quality_condition, window_condition
-from ._text import content_hash
 from .clock import Clock, utc_now
 from .config import DataGeneratorConfig, OutputFormat
 from .rehearsal import RehearsalBuffer
@@ -135,13 +139,18 @@ class GenerationResult:
 
     def iter_trained(self) -> Iterator[tuple[str, str]]:
         """Stream ``(record_id, content_hash)`` of the new samples, best quality first."""
-        for rid, chash, _q, _r in self._spool_rows():
-            yield rid, chash
+        for row in self._spool_rows():
+            yield row[0], row[1]
 
     def iter_new_samples(self) -> Iterator[dict[str, Any]]:
-        """Stream the new samples in chat format (``{"messages": [...]}``), for the rehearsal buffer."""
-        for _rid, _h, query, response in self._spool_rows():
-            yield format_pair(OutputFormat.CHATML, query, response, self.system_prompt)
+        """Stream the new samples in chat format (``{"messages": [...]}``, whole conversations), for the rehearsal buffer."""
+        for row in self._spool_rows():
+            _rid, _h, query, response = row[:4]
+            messages = row[4] if len(row) > 4 else None
+            if messages is None:
+                yield format_pair(OutputFormat.CHATML, query, response, self.system_prompt)
+            else:
+                yield format_conversation(OutputFormat.CHATML, messages, response, self.system_prompt)
 
     @property
     def record_ids(self) -> list[str]:
@@ -343,7 +352,7 @@ class TrainingDataGenerator:
                         bar.update(len(batch))
                     batch = [r for r in batch if r[1].strip() and r[2].strip()]  # SQL already drops blanks
                     n_feedback += len(batch)
-                    hashes = [h or content_hash(q, r) for _id, q, r, h, _c in batch]
+                    hashes = [h or conversation_hash(q, r, mj) for _id, q, r, h, _c, mj in batch]
                     idx = list(range(len(batch))) if exact is None else exact.first_seen(hashes).nonzero()[0].tolist()
                     n_distinct += len(idx)
                     if any_trained and idx:
@@ -351,17 +360,23 @@ class TrainingDataGenerator:
                         idx = [i for i in idx if hashes[i] not in trained]
                     n_untrained += len(idx)
                     if near is not None and idx:
-                        keep = near.keep((batch[i][1], batch[i][2]) for i in idx)
+                        keep = near.keep(_dedup_pair(batch[i][1], batch[i][2], batch[i][5]) for i in idx)
                         idx = [i for i, k in zip(idx, keep.tolist()) if k]
                     n_near += len(idx)
                     for i in idx:
                         if cfg.max_samples is not None and n_new >= cfg.max_samples:
                             break
-                        rid, query, response, _h, created = batch[i]
+                        rid, query, response, _h, created, messages_json = batch[i]
                         n_new += 1
                         qj, rj = json_str(query), json_str(response)  # encoded once for both files
-                        spool.write("[" + json_str(rid) + ", " + json_str(hashes[i]) + ", " + qj + ", " + rj + "]\n")
-                        writer.write_line(encoded_line(fmt, qj, rj, system))
+                        head = "[" + json_str(rid) + ", " + json_str(hashes[i]) + ", " + qj + ", " + rj
+                        if messages_json is None:
+                            spool.write(head + "]\n")
+                            writer.write_line(encoded_line(fmt, qj, rj, system))
+                        else:  # a conversation: the whole of it, in both files
+                            messages = json.loads(messages_json)
+                            spool.write(head + ", " + jsonl_line(messages)[:-1] + "]\n")
+                            writer.write_line(jsonl_line(format_conversation(fmt, messages, response, system)))
                         first = created if first is None or created < first else first
                         last = created if last is None or created > last else last
         finally:
@@ -386,10 +401,10 @@ class TrainingDataGenerator:
                                    capacity=16_384)
         pairs: list[tuple[str, str]] = []
         if cfg.near_dedup_history_size > 0:
-            stmt = (select(U.c.query, U.c.response).select_from(T.join(U, U.c.id == T.c.record_id))
+            stmt = (select(U.c.query, U.c.response, U.c.messages_json).select_from(T.join(U, U.c.id == T.c.record_id))
                     .order_by(T.c.run_id.desc(), T.c.record_id).limit(cfg.near_dedup_history_size))
-            for query, response in conn.execution_options(yield_per=_BATCH).execute(stmt):
-                pairs.append((query, response))
+            for query, response, messages_json in conn.execution_options(yield_per=_BATCH).execute(stmt):
+                pairs.append(_dedup_pair(query, response, messages_json))
                 if len(pairs) >= _BATCH:
                     near.add(pairs)
                     pairs.clear()
@@ -437,9 +452,15 @@ def _stage_counts(conn: Connection, cfg: DataGeneratorConfig, after: datetime | 
 
 def _eligible_stream(cfg: DataGeneratorConfig, after: datetime | None, until: datetime) -> Any:
     """Records passing stages 1-3, best quality first (ties: older first, then id)."""
-    return (select(U.c.id, U.c.query, U.c.response, U.c.content_hash, U.c.created_at)
+    return (select(U.c.id, U.c.query, U.c.response, U.c.content_hash, U.c.created_at, U.c.messages_json)
             .where(*window_condition(after, until), *_quality_first(cfg), *feedback_condition(cfg))
             .order_by(U.c.quality_score.desc().nulls_last(), U.c.created_at, U.c.id))
+
+
+def _dedup_pair(query: str, response: str, messages_json: str | None) -> tuple[str, str]:
+    """What near-duplicate detection compares: (the prompt, the response); for a conversation the prompt is
+    every turn but the system prompt (as :func:`~afs_continuous._export.chat_pair` reads rehearsal samples)."""
+    return (query, response) if messages_json is None else (dedup_prompt(json.loads(messages_json)), response)
 
 
 def _trained_among(conn: Connection, hashes: set[str]) -> set[str]:

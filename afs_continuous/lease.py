@@ -201,8 +201,11 @@ class Lease:
                 try:
                     if self.acquire() is None:
                         log.error("lost the daemon lease to another process")
-                except Exception:  # noqa: BLE001 - a missed renewal is retried; expiry is the backstop
-                    log.exception("could not renew the daemon lease")
+                except Exception as exc:  # noqa: BLE001 - a missed renewal is retried; expiry is the backstop
+                    from ._store_errors import store_problem
+
+                    log.error("could not renew the daemon lease (retrying in %.0f s): %s", self.ttl_s / 3.0,
+                              store_problem(exc))
 
         self._heartbeat = threading.Thread(target=beat, name="afs-continuous-lease", daemon=True)
         self._heartbeat.start()

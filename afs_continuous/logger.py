@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import math
 import os
 import queue
 import threading
@@ -50,14 +49,17 @@ from ._logger_process import before_fork as _before_fork
 from ._logger_process import close_at_exit as _close_at_exit
 from ._logger_process import install_sigterm_flush as _install_sigterm_flush
 from ._logger_process import reset_after_fork as _reset_after_fork
+from ._conversation import encode_messages, validate_messages
 from ._text import clean_text
-from ._validate import unit_text as _unit_text, validate_metadata
+from ._validate import unit_text as _unit_text
+from ._validate import validate_feedback, validate_latency, validate_metadata, validate_quality, validate_tokens
 from .clock import Clock, utc_now
 from .config import Durability, LoggerConfig
 from .errors import StoreError
 from .store import FeedbackEvent, Store, UsageRecord, WriterDrop
 
-__all__ = ["UsageLogger", "validate_feedback", "validate_quality", "validate_latency", "validate_metadata"]
+__all__ = ["UsageLogger", "validate_feedback", "validate_quality", "validate_latency", "validate_metadata",
+           "validate_messages", "validate_tokens"]
 
 log = logging.getLogger("afs_continuous")
 
@@ -66,50 +68,6 @@ _DROPS = WriterDrop.__table__  # type: ignore[attr-defined]
 _FEEDBACK = FeedbackEvent.__table__  # type: ignore[attr-defined]
 _RECENT_IDS = 65_536
 _MAX_RETRIES = 8
-
-
-def validate_feedback(feedback: Any) -> int:
-    """Return ``feedback`` as an int in {-1, 0, 1}.
-
-    Raises:
-        ValueError: ``feedback`` is not exactly -1, 0 or 1 (booleans, strings,
-            None and floats such as 0.5 are rejected).
-    """
-    if isinstance(feedback, bool) or not isinstance(feedback, int) or feedback not in (-1, 0, 1):
-        raise ValueError(f"feedback must be -1, 0 or 1 (int), got {feedback!r}")
-    return int(feedback)
-
-
-def validate_quality(quality_score: Any) -> float | None:
-    """Return ``quality_score`` as a float in [0, 1], or None.
-
-    Raises:
-        ValueError: not a real number, NaN, infinite, or outside [0, 1].
-    """
-    if quality_score is None:
-        return None
-    if isinstance(quality_score, bool) or not isinstance(quality_score, (int, float)):
-        raise ValueError(f"quality_score must be a number in [0, 1] or None, got {quality_score!r}")
-    value = float(quality_score)
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"quality_score must be a finite number in [0, 1], got {quality_score!r}")
-    return value
-
-
-def validate_latency(latency_ms: Any) -> float | None:
-    """Return ``latency_ms`` (milliseconds) as a finite float >= 0, or None.
-
-    Raises:
-        ValueError: not a real number, NaN, infinite or negative.
-    """
-    if latency_ms is None:
-        return None
-    if isinstance(latency_ms, bool) or not isinstance(latency_ms, (int, float)):
-        raise ValueError(f"latency_ms must be a number of milliseconds or None, got {latency_ms!r}")
-    value = float(latency_ms)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"latency_ms must be a finite number >= 0 (milliseconds), got {latency_ms!r}")
-    return value
 
 
 def _as_text(value: Any, name: str) -> str:
@@ -197,22 +155,36 @@ class UsageLogger:
 
     def log(
         self,
-        query: str,
-        response: str,
-        model: str,
+        query: str | None = None,
+        response: str | None = None,
+        model: Any = None,
         *,
+        messages: list[dict[str, Any]] | None = None,
         latency_ms: float | None = None,
         quality_score: float | None = None,
         unit_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        fallback_from: str | None = None,
     ) -> str:
-        """Record one model call.
+        """Record one model call: a prompt (``query=``) or a whole conversation (``messages=``).
 
         Args:
-            query: The user's prompt (str; UTF-8 bytes are decoded).
-            response: The model's answer.
-            model: Name of the model version that served the call (use
-                ``loop.route(...).name`` so the record counts for its arm).
+            query: The user's prompt (str; UTF-8 bytes are decoded). Exactly one of
+                ``query`` and ``messages``.
+            response: The model's answer (str).
+            model: The model version that served the call: the ``ModelVersion``
+                returned by ``loop.route(...)`` (records its exposure: the
+                experiment and arm it was routed under, so the record counts
+                for that arm), or a version name (str).
+            messages: The conversation answered, in OpenAI chat format: a list
+                of ``{"role": "system"|"developer"|"user"|"assistant"|"tool",
+                "content": str | [{"type": "text", "text": str}, ...]}`` ending
+                with the user turn being answered. Stored whole (system prompt
+                and earlier turns); the final user turn is also the record's
+                ``query``. Each turn is capped at ``max_text_chars`` characters
+                (a capped record is kept but never trained on).
             latency_ms: End-to-end latency in milliseconds (>= 0), optional.
             quality_score: Quality in [0, 1] (e.g. an automatic judge), optional.
             unit_id: The unit the request was routed by (user or conversation
@@ -220,12 +192,17 @@ class UsageLogger:
             metadata: Extra fields stored with the record: a mapping with str
                 keys and JSON values (str, int, finite float, bool, None,
                 lists, dicts), nested at any depth.
+            prompt_tokens: Tokens of the prompt as the engine counted them (int >= 0), optional.
+            completion_tokens: Tokens of the response (int >= 0), optional.
+            fallback_from: The version the request was routed to but not served
+                by (the engine had lost it and ``model`` served instead), optional.
 
         Returns:
             The record id (32 hex characters), usable with :meth:`record_feedback`.
 
         Raises:
-            ValueError: An argument is invalid (the message names it, and for
+            ValueError: An argument is invalid (the message names it, for
+                ``messages`` the entry, e.g. ``messages[2].role``, and for
                 ``metadata`` the offending key path); nothing is stored.
             StoreError: The logger was closed, or (``sync`` durability only) the
                 commit failed after its retries (disk full, store damaged or
@@ -234,14 +211,34 @@ class UsageLogger:
                 writer retries, then counts the records as dropped (see
                 ``get_status_summary()["drops"]``) and logs an ERROR.
         """
+        pairs = None
+        if messages is not None:
+            if query is not None:
+                raise ValueError("pass either query= (one prompt) or messages= (a conversation), not both")
+            pairs = validate_messages(messages)
+            query = pairs[-1][1]
+        elif query is None:
+            raise ValueError("query must be str (the prompt), got None; or pass messages= (the conversation)")
         query = _as_text(query, "query")
         response = _as_text(response, "response")
-        if not isinstance(model, str) or not model:
+        experiment_id = arm = None
+        if type(model) is not str:
+            name = getattr(model, "name", None)
+            if type(name) is not str:
+                raise ValueError(f"model must be the ModelVersion returned by route() or a non-empty str naming the "
+                                 f"model version, got {model!r}")
+            experiment_id, arm, model = model.experiment_id, model.arm, name
+        if not model:
             raise ValueError(f"model must be a non-empty str naming the model version, got {model!r}")
         latency = validate_latency(latency_ms)
         quality = validate_quality(quality_score)
         meta = None if metadata is None else validate_metadata(metadata)
         unit = _unit_text(unit_id)
+        p_tok = None if prompt_tokens is None else validate_tokens(prompt_tokens, "prompt_tokens")
+        c_tok = None if completion_tokens is None else validate_tokens(completion_tokens, "completion_tokens")
+        if fallback_from is not None and (type(fallback_from) is not str or not fallback_from):
+            raise ValueError(f"fallback_from must be None or the name of the version the request was routed to, "
+                             f"got {fallback_from!r}")
         if self._closed:
             raise StoreError("this UsageLogger is closed; create a new one")
         record_id = uuid.uuid4().hex
@@ -251,8 +248,14 @@ class UsageLogger:
         q_len, r_len = len(query), len(response)
         if q_len > max_chars or r_len > max_chars:
             query, response = query[:max_chars], response[:max_chars]
+        capped = False
+        if pairs is not None:
+            for i, (role, text) in enumerate(pairs):
+                if len(text) > max_chars:
+                    pairs[i] = (role, text[:max_chars])
+                    capped = True
         row = (record_id, self.clock(), query, response, model, latency, quality,
-               unit, meta, q_len, r_len)
+               unit, meta, q_len, r_len, pairs, capped, experiment_id, arm, p_tok, c_tok, fallback_from)
         recent = self._recent
         recent[record_id] = None
         if len(recent) > _RECENT_IDS:
@@ -264,12 +267,14 @@ class UsageLogger:
             self._enqueue(row)
         return record_id
 
-    def record_feedback(self, record_id: str, feedback: int = 1) -> bool:
+    def record_feedback(self, record_id: str, feedback: int = 1, comment: str | None = None) -> bool:
         """Record user feedback on a logged call (an append-only event; the latest wins).
 
         Args:
             record_id: Id returned by :meth:`log` (from any process).
             feedback: 1 = good, -1 = bad, 0 = neutral.
+            comment: The user's free-text feedback (str), stored with the
+                event; capped at ``max_text_chars`` characters. Optional.
 
         Returns:
             True if the record is known (logged by this logger or already in
@@ -277,14 +282,19 @@ class UsageLogger:
             joins its record when that arrives.
 
         Raises:
-            ValueError: ``feedback`` is not -1, 0 or 1, or ``record_id`` is not a str.
+            ValueError: ``feedback`` is not -1, 0 or 1, ``record_id`` is not a
+                str, or ``comment`` is neither None nor a str.
         """
         value = validate_feedback(feedback)
         if not isinstance(record_id, str) or not record_id:
             raise ValueError(f"record_id must be a non-empty str, got {record_id!r}")
+        if comment is not None:
+            if not isinstance(comment, str):
+                raise ValueError(f"comment must be None or a str (the user's words), got {type(comment).__name__}")
+            comment = comment[: self.config.max_text_chars]
         if self._closed:
             raise StoreError("this UsageLogger is closed; create a new one")
-        event = (record_id, value, self.clock())
+        event = (record_id, value, self.clock(), comment)
         self.n_feedback += 1
         if self._sync:
             self._write([], [event])
@@ -421,7 +431,7 @@ class UsageLogger:
             try:
                 self._queue.put(item, timeout=self.config.enqueue_timeout_s)
             except queue.Full:
-                is_event = len(item) == 3
+                is_event = len(item) == _EVENT_LEN
                 self._count_drop(int(not is_event), int(is_event),
                                  f"the writer queue stayed full for {self.config.enqueue_timeout_s:g} s "
                                  "(the store is slower than the traffic, or locked)")
@@ -459,7 +469,7 @@ class UsageLogger:
                 elif item is None:
                     stop = True
                     break
-                elif len(item) == 3:
+                elif len(item) == _EVENT_LEN:
                     events.append(item)
                 else:
                     records.append(item)
@@ -481,9 +491,10 @@ class UsageLogger:
         fast = self.store.is_sqlite
         rows = [_record_row(r, fast) for r in records]
         if fast:  # the driver's executemany with tuples: no per-row ORM/Core processing on the hot writer
-            fb_rows: list[Any] = [(e[0], e[1], _sqlite_ts(e[2])) for e in events]
+            fb_rows: list[Any] = [(e[0], e[1], _sqlite_ts(e[2]), _clean(e[3])) for e in events]
         else:
-            fb_rows = [{"record_id": e[0], "feedback": e[1], "created_at": e[2]} for e in events]
+            fb_rows = [{"record_id": e[0], "feedback": e[1], "created_at": e[2], "comment": _clean(e[3])}
+                       for e in events]
         delay = 0.01
         for attempt in range(_MAX_RETRIES):
             try:
@@ -569,10 +580,16 @@ class UsageLogger:
 
 
 _USAGE_COLUMNS = ("id", "created_at", "query", "response", "model", "latency_ms", "quality_score", "unit_id",
-                  "metadata_json", "content_hash", "truncated", "query_chars", "response_chars")
+                  "metadata_json", "content_hash", "truncated", "query_chars", "response_chars", "messages_json",
+                  "experiment_id", "arm", "prompt_tokens", "completion_tokens", "fallback_from")
 _SQLITE_INSERT_USAGE = (f"INSERT INTO usage_records ({', '.join(_USAGE_COLUMNS)}) "
                         f"VALUES ({', '.join('?' * len(_USAGE_COLUMNS))})")
-_SQLITE_INSERT_FEEDBACK = "INSERT INTO feedback_events (record_id, feedback, created_at) VALUES (?, ?, ?)"
+_SQLITE_INSERT_FEEDBACK = "INSERT INTO feedback_events (record_id, feedback, created_at, comment) VALUES (?, ?, ?, ?)"
+_EVENT_LEN = 4  # a feedback event in the queue: (record_id, feedback, created_at, comment); a record is longer
+
+
+def _clean(text: str | None) -> str | None:
+    return None if text is None else clean_text(text)
 
 
 def _sqlite_ts(value: datetime) -> str:
@@ -585,9 +602,12 @@ def _sqlite_ts(value: datetime) -> str:
 def _record_row(r: tuple[Any, ...], sqlite: bool) -> Any:
     """The row of a record tuple built by ``log()`` (texts already capped; original lengths kept):
     a tuple in ``_USAGE_COLUMNS`` order for SQLite's fast path, else a dict for SQLAlchemy Core."""
-    record_id, created_at, query, response, model, latency, quality, unit_id, meta, q_len, r_len = r
-    truncated = q_len > len(query) or r_len > len(response)
+    (record_id, created_at, query, response, model, latency, quality, unit_id, meta, q_len, r_len, pairs, capped,
+     experiment_id, arm, p_tok, c_tok, fallback_from) = r
+    truncated = q_len > len(query) or r_len > len(response) or capped
     query, response = clean_text(query), clean_text(response)
+    messages_json = None if pairs is None else clean_text(encode_messages(pairs))
     values = (record_id, _sqlite_ts(created_at) if sqlite else created_at, query, response, model, latency, quality,
-              unit_id, meta, None, int(truncated) if sqlite else truncated, q_len, r_len)
+              unit_id, meta, None, int(truncated) if sqlite else truncated, q_len, r_len, messages_json,
+              experiment_id, arm, p_tok, c_tok, fallback_from)
     return values if sqlite else dict(zip(_USAGE_COLUMNS, values))

@@ -28,11 +28,13 @@ import signal
 import threading
 import time
 import weakref
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ._canary import EvalFn
+from ._exposure import remember
 from ._drops import drops_summary, store_errors, store_problem
 from ._imports import train_fn_from_config
 from ._pipeline import RetrainPipeline, TrainFn
@@ -129,45 +131,79 @@ class ContinuousLearningLoop:
         self._release_at_exit = functools.partial(_release_at_exit, weakref.ref(self))
         atexit.register(self._release_at_exit)  # a lease still held at interpreter exit is given back
         self._route_cache: tuple[float, ModelVersion, ModelVersion | None, Any] | None = None
+        self._exposures: dict[str, ModelVersion] = {}  # unit id -> its latest route() (bounded, see _exposure)
+        self._exposed: tuple[Any, ModelVersion, ModelVersion] | None = None  # (experiment, champion, challenger)
         self.store.setdefault_state("first_start_at", clock())  # atomic: many workers may open a new store at once
         self.registry.ensure_champion(cfg.champion_model, cfg.champion_model_path)
 
     # ---- inference side ------------------------------------------------------------------
 
-    def log_usage(self, query: str, response: str, model: str, *, latency_ms: float | None = None,
+    def log_usage(self, query: str | None = None, response: str | None = None, model: str | ModelVersion | None = None,
+                  *, messages: list[dict[str, Any]] | None = None, latency_ms: float | None = None,
                   quality_score: float | None = None, unit_id: str | None = None,
-                  metadata: Mapping[str, Any] | None = None) -> str:
-        """Record one model call; see :meth:`UsageLogger.log`. Returns the record id."""
-        return self.logger.log(query, response, model, latency_ms=latency_ms, quality_score=quality_score,
-                               unit_id=unit_id, metadata=metadata)
+                  metadata: Mapping[str, Any] | None = None, prompt_tokens: int | None = None,
+                  completion_tokens: int | None = None, fallback_from: str | None = None) -> str:
+        """Record one model call (a prompt or a whole conversation); returns the record id.
 
-    def record_feedback(self, record_id: str, feedback: int = 1) -> bool:
-        """Record feedback (1 good, -1 bad, 0 neutral); see :meth:`UsageLogger.record_feedback`.
+        Pass ``model=version``, the :class:`ModelVersion` that :meth:`route`
+        returned: the record then carries its exposure (the experiment and arm
+        the request was routed under) and counts for that arm. With
+        ``model=<name>`` the exposure is found from this process's recent
+        :meth:`route` of the same ``unit_id`` when the name matches (the last
+        10,000 units); otherwise the record counts for no experiment arm.
+        See :meth:`UsageLogger.log` for every argument (``messages=``,
+        ``prompt_tokens``, ``completion_tokens``, ...) and the errors raised.
+        """
+        if type(model) is str and unit_id is not None and self._exposures:
+            routed = self._exposures.get(unit_id if type(unit_id) is str else str(unit_id))
+            if routed is not None and routed.name == model:
+                model = routed
+        return self.logger.log(query, response, model, messages=messages, latency_ms=latency_ms,
+                               quality_score=quality_score, unit_id=unit_id, metadata=metadata,
+                               prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                               fallback_from=fallback_from)
+
+    def record_feedback(self, record_id: str, feedback: int = 1, comment: str | None = None) -> bool:
+        """Record feedback (1 good, -1 bad, 0 neutral) and optionally the user's words; see
+        :meth:`UsageLogger.record_feedback`.
 
         Raises:
-            ValueError: ``feedback`` is not -1, 0 or 1.
+            ValueError: ``feedback`` is not -1, 0 or 1, or ``comment`` is not a str.
         """
-        return self.logger.record_feedback(record_id, feedback)
+        return self.logger.record_feedback(record_id, feedback, comment)
 
     def route(self, unit_id: str | None = None) -> ModelVersion:
-        """The model version that serves this request.
+        """The model version that serves this request, with its exposure.
 
         The champion, or the challenger for its traffic fraction while an
         experiment runs. The same ``unit_id`` always gets the same arm within
-        one experiment; ``None`` draws at random. Log the call with
-        ``model=version.name`` so it counts for its arm. The running
-        experiment is cached for ``route_cache_s`` seconds.
+        one experiment; ``None`` draws at random. While an experiment runs the
+        version carries ``experiment_id`` and ``arm`` (its exposure); log the
+        call with ``model=version`` so that the record counts for that arm of
+        that experiment. The running experiment is cached for
+        ``route_cache_s`` seconds: a request routed from a cache older than the
+        experiment carries no exposure and counts for neither arm.
 
         Args:
-            unit_id: Sticky assignment key (user or conversation id).
+            unit_id: Sticky assignment key (user or conversation id; an int is used as its decimal text).
 
         Returns:
-            The serving :class:`ModelVersion` (``.name``, ``.path``, ``.status``).
+            The serving :class:`ModelVersion` (``.name``, ``.path``, ``.status``,
+            ``.experiment_id``, ``.arm``).
         """
         champion, challenger, exp = self._routing_snapshot()
         if exp is None or challenger is None:
+            if unit_id is not None and self._exposures:
+                self._exposures.pop(unit_id if type(unit_id) is str else str(unit_id), None)
             return champion
-        return challenger if self.experiments.assign(exp, unit_id) == Arm.CHALLENGER else champion
+        exposed = self._exposed
+        if exposed is None or exposed[0] is not exp:  # built once per routing snapshot
+            exposed = self._exposed = (exp, replace(champion, experiment_id=exp.id, arm=Arm.CHAMPION.value),
+                                       replace(challenger, experiment_id=exp.id, arm=Arm.CHALLENGER.value))
+        version = exposed[2] if self.experiments.assign(exp, unit_id) == Arm.CHALLENGER else exposed[1]
+        if unit_id is not None:
+            remember(self._exposures, unit_id if type(unit_id) is str else str(unit_id), version)
+        return version
 
     def _routing_snapshot(self) -> tuple[ModelVersion, ModelVersion | None, Any]:
         """(champion, challenger, running experiment), cached for ``route_cache_s`` seconds."""

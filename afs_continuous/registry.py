@@ -52,6 +52,12 @@ class ModelVersion:
         retired_at: When it was last retired, if ever.
         history: Audit trail, oldest first: dicts with ``at``, ``action``,
             ``from_status``, ``to_status``, ``actor``, ``reason`` and more.
+        experiment_id: The exposure of a version returned by
+            ``ContinuousLearningLoop.route()``: the running experiment the
+            request was assigned under (None when none ran, or for a version
+            read from the registry). ``log_usage(model=version)`` records it.
+        arm: ``"champion"`` or ``"challenger"``: the arm of that assignment
+            (None with ``experiment_id``).
     """
 
     name: str
@@ -64,6 +70,8 @@ class ModelVersion:
     promoted_at: datetime | None = None
     retired_at: datetime | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    experiment_id: int | None = None
+    arm: str | None = None
 
     @property
     def is_champion(self) -> bool:
@@ -74,8 +82,8 @@ class ModelVersion:
         return self.status == VersionStatus.CHALLENGER
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (datetimes as ISO 8601)."""
-        return {
+        """JSON-friendly dict (datetimes as ISO 8601); ``experiment_id`` and ``arm`` only for a routed version."""
+        out = {
             "name": self.name,
             "path": self.path,
             "status": self.status.value,
@@ -87,6 +95,9 @@ class ModelVersion:
             "retired_at": self.retired_at.isoformat() if self.retired_at else None,
             "history": self.history,
         }
+        if self.experiment_id is not None:
+            out.update(experiment_id=self.experiment_id, arm=self.arm)
+        return out
 
 
 def _to_version(row: Any) -> ModelVersion:

@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import Column, DateTime, Index, String, Text, TypeDecorator, event, text
+from sqlalchemy import Boolean, Column, DateTime, Index, Integer, String, Text, TypeDecorator, event, false, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlmodel import Field, SQLModel, create_engine
@@ -55,6 +55,7 @@ __all__ = [
     "LoopState",
     "DaemonLease",
     "WriterDrop",
+    "ServingEvent",
     "schema_head",
     "display_url",
 ]
@@ -89,13 +90,21 @@ def _ts(**kwargs: Any) -> Any:
 
 
 class UsageRecord(SQLModel, table=True):
-    """One model call as logged by ``log_usage``; ``model`` is the version that served it."""
+    """One model call as logged by ``log_usage``; ``model`` is the version that served it.
+
+    ``query`` is the final user turn; ``messages_json`` the whole conversation before the response
+    (JSON list of ``{"role", "content"}``; None for a record logged with ``query=``). ``experiment_id``
+    and ``arm`` are the record's exposure: the experiment and arm ``route()`` assigned the request
+    under (None when it was not routed under a running experiment). ``fallback_from``: the version
+    the request was routed to but not served by (the engine had lost it; see serving).
+    """
 
     __tablename__ = "usage_records"
     __table_args__ = (
         Index("ix_usage_created_at", "created_at"),
         Index("ix_usage_model_created", "model", "created_at"),
         Index("ix_usage_content_hash", "content_hash"),
+        Index("ix_usage_experiment_arm", "experiment_id", "arm"),
     )
 
     id: str = Field(sa_column=Column(String(32), primary_key=True))
@@ -113,6 +122,12 @@ class UsageRecord(SQLModel, table=True):
     truncated: bool = False
     query_chars: int = 0
     response_chars: int = 0
+    messages_json: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    experiment_id: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    arm: str | None = Field(default=None, sa_column=Column(String(20), nullable=True))
+    prompt_tokens: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    completion_tokens: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    fallback_from: str | None = Field(default=None, sa_column=Column(String(200), nullable=True))
 
 
 class FeedbackEvent(SQLModel, table=True):
@@ -127,6 +142,7 @@ class FeedbackEvent(SQLModel, table=True):
     record_id: str = Field(sa_column=Column(String(32), nullable=False))
     feedback: int
     created_at: datetime = _ts(nullable=False)
+    comment: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class ModelVersionRow(SQLModel, table=True):
@@ -164,6 +180,9 @@ class ExperimentRow(SQLModel, table=True):
     last_evaluation_json: str | None = Field(default=None, sa_column=Column(Text))
     min_p_value: float | None = None
     n_looks: int = 0
+    # True for experiments started since schema 0006: evaluated only on records exposed under them
+    # (usage_records.experiment_id); older ones keep the attribution by model name.
+    exposure_logging: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
 
 
 class TrainingRunRow(SQLModel, table=True):
@@ -240,6 +259,24 @@ class WriterDrop(SQLModel, table=True):
     reason: str = Field(sa_column=Column(Text, nullable=False))
     first_at: datetime = _ts(nullable=False)
     last_at: datetime = _ts(nullable=False)
+
+
+class ServingEvent(SQLModel, table=True):
+    """What the serving engine did or failed to do (see :mod:`afs_continuous.serving`): ``kind`` is
+    e.g. ``fallback``, ``reload``, ``load_failed``, ``loaded``, ``unloaded``; ``version`` the model
+    version; ``replica`` the engine URL, when one is concerned; ``detail`` the engine's message."""
+
+    __tablename__ = "serving_events"
+    __table_args__ = (Index("ix_serving_events_kind_at", "kind", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts(nullable=False)
+    kind: str = Field(sa_column=Column(String(40), nullable=False))
+    version: str = Field(sa_column=Column(String(200), nullable=False))
+    replica: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    host: str | None = Field(default=None, sa_column=Column(String(200), nullable=True))
+    pid: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
 
 
 def _is_sqlite(url: str) -> bool:
@@ -576,7 +613,7 @@ def parse_dt(value: str | None) -> datetime | None:
 
 
 _TABLES = (UsageRecord, FeedbackEvent, ModelVersionRow, ExperimentRow, TrainingRunRow, TrainingSample, LoopState,
-           DaemonLease, WriterDrop)
+           DaemonLease, WriterDrop, ServingEvent)
 
 
 def schema_head() -> str:

@@ -3,7 +3,8 @@
 
 Measures, on realistic payloads (AlpacaEval instructions and answers, ~2 KB):
 
-(a) caller-side latency of ``UsageLogger.log()`` (p50/p99 in microseconds), async and sync;
+(a) caller-side latency of ``UsageLogger.log()`` (p50/p99 in microseconds), async and sync, with
+    ``query=`` and with ``messages=`` (a 4-turn conversation: system prompt, an earlier exchange, the question);
 (b) sustained committed records/s (from the first ``log()`` until ``flush()`` returns);
 (c) the same workload through raw ``sqlite3`` ``executemany`` in batches of 1000 in WAL mode
     (the practical limit) and through a connect-insert-commit-per-call logger (the naive
@@ -52,14 +53,29 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def bench_afs(path: Path, data: list, n: int, durability: str) -> dict:
+def conversation(data: list, i: int) -> list[dict[str, str]]:
+    """A 4-turn chat (system prompt, an earlier exchange, the final user turn) from real rows."""
+    q0, r0, _ = data[(i + 1) % len(data)]
+    return [{"role": "system", "content": "You are a helpful assistant. Answer accurately and concisely."},
+            {"role": "user", "content": q0}, {"role": "assistant", "content": r0},
+            {"role": "user", "content": data[i % len(data)][0]}]
+
+
+def bench_afs(path: Path, data: list, n: int, durability: str, *, messages: bool = False) -> dict:
     logger = UsageLogger(path, durability=durability)
     lat = []
+    chats = [conversation(data, i) for i in range(min(n, len(data)))] if messages else []
     t0 = time.perf_counter()
     for i in range(n):
         q, r, qual = data[i % len(data)]
-        s = time.perf_counter_ns()
-        logger.log(q, r, "champion-v1", latency_ms=123.0, quality_score=qual)
+        if messages:  # the same call with the whole conversation (validated on the caller's thread)
+            chat = chats[i % len(chats)]
+            s = time.perf_counter_ns()
+            logger.log(messages=chat, response=r, model="champion-v1", latency_ms=123.0, quality_score=qual,
+                       prompt_tokens=300, completion_tokens=120)
+        else:
+            s = time.perf_counter_ns()
+            logger.log(q, r, "champion-v1", latency_ms=123.0, quality_score=qual)
         lat.append((time.perf_counter_ns() - s) / 1000.0)
     t_enqueued = time.perf_counter()
     assert logger.flush(timeout_s=600)
@@ -181,12 +197,15 @@ def main() -> int:
         raw = bench_raw(tmp / "raw.db", data, args.records)
         naive = bench_naive(tmp / "naive.db", data, args.naive_records)
         a = bench_afs(tmp / "async.db", data, args.records, "async")
+        m = bench_afs(tmp / "messages.db", data, args.records, "async", messages=True)
         s = bench_afs(tmp / "sync.db", data, args.sync_records, "sync")
         size = sum(f.stat().st_size for f in tmp.glob("async.db*"))
     print()
     print("| writer | caller p50 (us) | caller p99 (us) | committed records/s |")
     print("|---|---|---|---|")
     print(f"| afs_continuous async | {a['p50_us']:.1f} | {a['p99_us']:.1f} | {a['records_per_s']:,.0f} |")
+    print(f"| afs_continuous async, messages= (4 turns) | {m['p50_us']:.1f} | {m['p99_us']:.1f} | "
+          f"{m['records_per_s']:,.0f} |")
     print(f"| afs_continuous sync | {s['p50_us']:.1f} | {s['p99_us']:.1f} | {s['records_per_s']:,.0f} |")
     print(f"| raw sqlite3 executemany x1000 (limit) | - | - | {raw['records_per_s']:,.0f} |")
     print(f"| connect+commit per call (naive) | {naive['p50_us']:.1f} | {naive['p99_us']:.1f} | {naive['records_per_s']:,.0f} |")
@@ -211,6 +230,9 @@ def main() -> int:
     print(f"async throughput / naive baseline:  {a['records_per_s'] / naive['records_per_s']:.0f}x  (target >= 100x)")
     print(f"async caller p99: {a['p99_us']:.1f} us  (target <= 50 us)")
     print(f"bytes on disk per record (async store, indexes included): {size / args.records:,.0f}")
+    if m["dropped"] or m["committed"] != args.records:
+        print(f"WARNING: messages= run committed {m['committed']} of {args.records}, dropped {m['dropped']}")
+        return 1
     if a["dropped"] or a["committed"] != args.records:
         print(f"WARNING: committed {a['committed']} of {args.records}, dropped {a['dropped']}")
         return 1

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         clock.advance(seconds=step)
         uid = rng.choice(users)
         version = loop.route(unit_id=uid)
-        rid = loop.log_usage(r["instruction"], r["output"], model=version.name, unit_id=uid,
+        rid = loop.log_usage(r["instruction"], r["output"], model=version, unit_id=uid,
                              latency_ms=latency_ms(r["output"], 60.0), quality_score=r["preference"] - 1.0)
         loop.record_feedback(rid, feedback=thumbs(r["preference"]))
     clock.set(START.replace(day=START.day + 1))  # exactly 24 h later
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             if src is not None:
                 r = src[r["index"]]
             # the challenger is a LoRA adapter on the same base model: same serving throughput
-            rid = loop.log_usage(r["instruction"], r["output"], model=version.name, unit_id=uid,
+            rid = loop.log_usage(r["instruction"], r["output"], model=version, unit_id=uid,
                                  latency_ms=latency_ms(r["output"], 60.0), quality_score=r["preference"] - 1.0)
             loop.record_feedback(rid, feedback=thumbs(r["preference"]))
         result = loop.run_iteration()

@@ -2,8 +2,8 @@
 
 :func:`load_chat_records` (re-exported by :mod:`afs_continuous.training.lora`)
 reads the three supported line formats into message lists; :func:`_tokenize`
-renders one conversation with the tokenizer's chat template and masks the
-non-assistant tokens; :func:`_build_splits` turns the records into the
+renders one conversation (system prompt, earlier turns, every assistant turn)
+with the tokenizer's chat template and masks every non-assistant token; :func:`_build_splits` turns the records into the
 tokenized train and validation ``datasets.Dataset`` splits; :class:`_PadCollator`
 pads a batch for ``transformers.Trainer``.
 
@@ -117,8 +117,8 @@ def _assistant_spans(
     Renders each prefix of the conversation; an assistant turn spans from the
     end of the prefix with the generation prompt to the end of the prefix
     including that turn (its end-of-turn token too). Returns None when the
-    template does not render prefixes as prefixes of the full text, in which
-    case the caller trains on every token.
+    template does not render prefixes as prefixes of the full text (the caller
+    then locates the turns by their text).
     """
     spans = []
     for i, message in enumerate(messages):
@@ -135,28 +135,70 @@ def _assistant_spans(
     return spans
 
 
+def _content_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message], text: str) -> list[tuple[int, int]] | None:
+    """Character spans of the assistant turns found by their text, for templates whose prefixes are
+    not prefixes of the whole rendering (e.g. one that closes the conversation with a final marker).
+
+    Walks the rendered ``text`` in order, finding each message's content after the previous one; an
+    assistant span is its content plus the end-of-sequence token right after it, when there is one
+    (so the model still learns to stop). None when a content is not found verbatim (the template
+    rewrites it): the caller then skips the sample rather than train on prompt tokens.
+    """
+    eos = getattr(tokenizer, "eos_token", None)
+    spans = []
+    cursor = 0
+    for message in messages:
+        content = message["content"]
+        if not content:
+            continue
+        pos = text.find(content, cursor)
+        if pos < 0:
+            return None
+        cursor = pos + len(content)
+        if message["role"] == "assistant":
+            end = cursor + len(eos) if isinstance(eos, str) and eos and text.startswith(eos, cursor) else cursor
+            spans.append((pos, end))
+    return spans
+
+
 def _tokenize(
     tokenizer: PreTrainedTokenizerBase, messages: list[Message], *, max_length: int, train_on_prompt: bool
 ) -> dict[str, list[int]] | None:
     """Tokenize one conversation with its chat template into input_ids and labels.
 
-    Labels are the input ids with non-assistant tokens set to -100 (unless
-    ``train_on_prompt`` or the assistant turns cannot be located). Returns
-    None when nothing is left to train on after truncation.
+    Labels are the input ids with every non-assistant token set to -100 (system prompt, user and
+    tool turns, role markers), and every assistant turn trained on, unless ``train_on_prompt``.
+    The assistant turns are located by rendering the conversation's prefixes, or, for a template
+    that does not render prefixes as prefixes, by their text (:func:`_content_spans`). Returns
+    None when nothing is left to train on after truncation, or when the assistant turns cannot be
+    located (never trains on prompt tokens by accident).
     """
     text = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans = None if train_on_prompt or not tokenizer.is_fast else _assistant_spans(tokenizer, messages, text)
-    enc = tokenizer(
-        text, add_special_tokens=False, truncation=True, max_length=max_length, return_offsets_mapping=spans is not None
-    )
-    input_ids: list[int] = list(enc["input_ids"])
+    if train_on_prompt:
+        ids = list(tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"])
+        return {"input_ids": ids, "labels": list(ids)} if len(ids) >= 2 else None
+    spans = _assistant_spans(tokenizer, messages, text)
     if spans is None:
-        labels = list(input_ids)
-    else:
+        spans = _content_spans(tokenizer, messages, text)
+    if spans is None:
+        return None
+    if tokenizer.is_fast:
+        enc = tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_length,
+                        return_offsets_mapping=True)
+        input_ids: list[int] = list(enc["input_ids"])
         labels = [
             tok if any(lo <= start < hi for lo, hi in spans) else -100
             for tok, (start, _end) in zip(input_ids, enc["offset_mapping"], strict=True)
         ]
+    else:  # no offsets: tokenize the pieces between span boundaries one by one
+        input_ids, labels = [], []
+        cuts = sorted({0, len(text), *(x for span in spans for x in span)})
+        for lo, hi in zip(cuts, cuts[1:]):
+            piece = list(tokenizer(text[lo:hi], add_special_tokens=False)["input_ids"])
+            trained = any(a <= lo < b for a, b in spans)
+            input_ids += piece
+            labels += piece if trained else [-100] * len(piece)
+        input_ids, labels = input_ids[:max_length], labels[:max_length]
     if len(input_ids) < 2 or all(label == -100 for label in labels[1:]):
         return None
     return {"input_ids": input_ids, "labels": labels}
@@ -197,7 +239,8 @@ def _build_splits(
                 samples.append(sample)
     if len(samples) < len(records):
         logger.warning(
-            "skipped %d of %d samples with no assistant tokens within max_length=%d",
+            "skipped %d of %d samples with no assistant tokens within max_length=%d (or whose assistant turns "
+            "the chat template rewrites, so that they cannot be told from the prompt)",
             len(records) - len(samples), len(records), config.max_length,
         )
     n_eval = round(len(samples) * config.validation_fraction)

@@ -158,8 +158,8 @@ class LoRATrainingConfig(BaseModel):
     device: Device = Field(Device.AUTO, strict=False, description="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'mps'.")
     train_on_prompt: bool = Field(
         False,
-        description="Compute the loss on every token. False: only on assistant turns (when the chat "
-        "template allows locating them; otherwise on every token).",
+        description="Compute the loss on every token. False: only on the tokens of every assistant turn "
+        "(system prompt, user and tool turns masked; a sample whose assistant turns cannot be located is skipped).",
     )
 
     @field_validator("base_model", "output_dir", mode="before")

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import pytest
 
-from afs_continuous import Arm, ContinuousLearningLoop, Decision, ManualClock, VersionStatus
+from afs_continuous import Arm, ContinuousLearningLoop, Decision, ManualClock, ModelVersion, VersionStatus
 
 NO_TRIGGERS = {"min_new_samples": None, "schedule_interval_hours": None, "quality_drop_threshold": None}
 CHAMPION = "FuseChat-Llama-3.2-3B"
@@ -195,14 +195,20 @@ def test_a_a_experiment_is_not_promoted(experiment_loop, clock, alpaca, replay) 
 
 
 def test_sample_ratio_mismatch_blocks_promotion(experiment_loop, clock, alpaca) -> None:
-    """Records attributed 70/30 although the experiment routes 90/10: the decision is invalid."""
+    """Records exposed 70/30 although the experiment routes 90/10 (a broken router of the user's own):
+    the decision is invalid."""
+    from dataclasses import replace
+
     loop = experiment_loop
     t0 = clock()
+    exp = loop.experiments.active()
     champ_rows, chall_rows = alpaca(CHAMPION), alpaca("FuseChat-Llama-3.1-8B")
+    arms = {arm: replace(loop.registry.get(name), experiment_id=exp.id, arm=arm)
+            for arm, name in (("champion", CHAMPION), ("challenger", CHALLENGER))}
     for i in range(2000):
         to_challenger = i % 10 < 3
         row = (chall_rows if to_challenger else champ_rows)[i % 805]
-        loop.log_usage(row["instruction"], row["output"], model=CHALLENGER if to_challenger else CHAMPION,
+        loop.log_usage(row["instruction"], row["output"], model=arms["challenger" if to_challenger else "champion"],
                        quality_score=row["preference"] - 1.0, unit_id=f"user-{i}")
         clock.advance(seconds=60)
     loop.logger.flush()
@@ -301,7 +307,9 @@ def test_store_decisions_equal_the_simulation_rule(store_url, clock, true_lift, 
             y = float(rng.random() < p)
             values[arm].append(y)
             clock.set(t0 + timedelta(hours=hour - 1, seconds=90 * i))
-            logger.log(f"q {uid}", "r", arm, quality_score=y, unit_id=uid)
+            exposed = ModelVersion(arm, None, VersionStatus.CHAMPION, t0, experiment_id=exp.id,
+                                   arm="challenger" if arm == "b" else "champion")  # as route() returns it
+            logger.log(f"q {uid}", "r", exposed, quality_score=y, unit_id=uid)
         clock.set(t0 + timedelta(hours=hour))
         assert logger.flush(timeout_s=30)
         ev = manager.evaluate(exp, record=False)
@@ -316,3 +324,53 @@ def test_store_decisions_equal_the_simulation_rule(store_url, clock, true_lift, 
     look, decision = k.first_decision_look(*arms, config=cfg)
     assert store_decisions[-1] == expected
     assert (int(look[0]) + 1, k.DECISIONS[int(decision[0])]) == (len(store_decisions), expected)
+
+
+# ------------------------------------------------------------------ exposure: stale routing caches
+@pytest.mark.parametrize("log_with", ["name", "version"])
+def test_records_served_from_a_stale_routing_cache_count_for_neither_arm(tmp_path, clock, make_loop, log_with) -> None:
+    """Issue 9 item 4, the 4-worker service: each worker caches the routing state for route_cache_s; when the
+    daemon starts an experiment, a worker keeps sending every unit to the champion until its cache expires
+    (here: worker k's cache expires after 500 * (k + 1) requests of the whole service, as caches filled at
+    different times do). Those requests were never assigned under the experiment: they must count for
+    neither arm, else the champion arm gains ~1,250 units and the sample-ratio check trips."""
+    daemon = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS)
+    workers = [make_loop(tmp_path, clock, route_cache_s=3600, trigger_config=NO_TRIGGERS) for _ in range(4)]
+    for worker in workers:
+        assert worker.route("warm-up").experiment_id is None  # cache filled: no experiment runs
+    daemon.registry.register("cand", path=str(tmp_path), reason="test candidate")
+    exp = daemon.experiments.start("base", "cand", traffic_fraction=0.1, seed="stale-caches")
+    assert exp.exposure_logging is True
+    expires_at = [500 * (k + 1) for k in range(4)]
+    exposed = {"champion": 0, "challenger": 0}
+    stale = 0
+    expired: set[int] = set()
+    for i in range(8000):
+        k = i % 4
+        worker = workers[k]
+        if i >= expires_at[k] and k not in expired:
+            worker._invalidate()  # what route_cache_s does when this worker's cache gets old
+            expired.add(k)
+        uid = f"user-{i}"
+        version = worker.route(uid)
+        if version.experiment_id is None:
+            stale += 1
+            assert version.name == "base"
+        else:
+            assert version.experiment_id == exp.id
+            exposed[version.arm] += 1
+        worker.log_usage(f"question {i}", f"answer {i}", model=version.name if log_with == "name" else version,
+                         unit_id=uid, quality_score=0.5 + 0.1 * (i % 3), latency_ms=100.0)
+        clock.advance(seconds=20)
+    assert stale == sum(e // 4 for e in expires_at) == 1250  # the stale requests of each worker
+    for worker in workers:
+        assert worker.logger.flush(timeout_s=30)
+    ev = daemon.evaluate_experiment()
+    assert ev is not None
+    assert (ev.champion["n_units"], ev.challenger["n_units"]) == (exposed["champion"], exposed["challenger"])
+    assert ev.champion["n_served"] + ev.challenger["n_served"] == 8000 - stale
+    assert ev.srm["mismatch"] is False, ev.srm
+    assert ev.decision != Decision.INVALID
+    records = daemon.logger.get_records(limit=10_000)
+    by_exposure = {(r["experiment_id"], r["arm"]) for r in records if r["unit_id"] != "warm-up"}
+    assert by_exposure == {(None, None), (exp.id, "champion"), (exp.id, "challenger")}

@@ -600,3 +600,111 @@ def test_line_separators_inside_texts_are_escaped_in_every_jsonl_file(tmp_path, 
     prompts = {r["messages"][0]["content"] if fmt == "chatml" else r["instruction" if fmt == "alpaca" else "prompt"]
                for r in rows}
     assert prompts == set(texts) | {s["messages"][0]["content"] for s in old}  # the characters are kept, escaped
+
+
+# ------------------------------------------------------------------ whole conversations (issue 9 item 3)
+LONG_ANSWER = ("The Super Nintendo's CPU is the Ricoh 5A22, built around a WDC 65C816 core with added DMA and "
+               "multiplication units; it runs at 3.58 MHz for most of the address space and slows to 2.68 or "
+               "1.79 MHz for slower memory regions, which programmers plan around when they write hot loops.")
+
+
+def conversation(system: str, earlier_question: str, earlier_answer: str, question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": earlier_question},
+            {"role": "assistant", "content": earlier_answer}, {"role": "user", "content": question}]
+
+
+@pytest.fixture
+def conversations(tmp_path, clock, make_loop):
+    """Conversation records covering exact and near duplicates over the whole conversation."""
+    loop = make_loop(tmp_path, clock, enable_ab_testing=False, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 1, "include_existing_data": False,
+                                       "system_prompt": "Configured prompt."})
+    lg = loop.logger
+    long_turn = " ".join(f"detail{i}" for i in range(120))
+    ids = {}
+
+    def put(key: str, quality: float, *, messages: Any = None, query: str | None = None, response: str) -> None:
+        ids[key] = lg.log(query, response, "base", messages=messages, quality_score=quality)
+        lg.record_feedback(ids[key], 1)
+
+    put("a", 0.95, messages=conversation("You are terse.", "Which CPU?", "A 65C816.", "How fast?"), response="3.58 MHz.")
+    # the same final question and answer after different earlier turns: a different conversation, kept
+    put("b", 0.90, messages=conversation("You are terse.", "Which console?", "The SNES.", "How fast?"),
+        response="3.58 MHz.")
+    # the same conversation with case and spacing changes: an exact duplicate of "a"
+    put("a_dup", 0.85, messages=conversation("you are  TERSE.", "which cpu?", "A 65c816.", "How  fast?"),
+        response="3.58 mhz.")
+    # a long earlier turn, then a copy with one word changed in that turn: a near duplicate
+    put("long", 0.80, messages=conversation("You are terse.", long_turn, "Noted.", "Summarise."), response=LONG_ANSWER)
+    put("long_near", 0.75, messages=conversation("You are terse.", long_turn.replace("detail60", "changed"), "Noted.",
+                                                 "Summarise."), response=LONG_ANSWER)
+    # a one-turn conversation and the seed's query= record of the same text: duplicates of each other
+    put("one_turn", 0.72, messages=[{"role": "user", "content": "Name a colour."}], response="Blue.")
+    put("query", 0.71, query="name a colour.", response="blue.")
+    lg.flush()
+    return loop, ids
+
+
+def test_conversations_are_deduplicated_and_exported_whole(conversations) -> None:
+    loop, ids = conversations
+    gen = loop.generator.generate(after=None, name="conv")
+    assert gen.counts["after_feedback"] == 7
+    assert gen.counts["after_dedup"] == 5  # a_dup (same conversation) and query (same one-turn text) removed
+    assert gen.counts["after_near_dedup"] == 4  # long_near: one word of a 120-word turn changed
+    assert gen.record_ids == [ids["a"], ids["b"], ids["long"], ids["one_turn"]]
+    lines = read_jsonl(gen.output_path)
+    a = next(line for line in lines if len(line["messages"]) == 5 and line["messages"][2]["content"] == "A 65C816.")
+    assert a["messages"] == [
+        {"role": "system", "content": "You are terse."}, {"role": "user", "content": "Which CPU?"},
+        {"role": "assistant", "content": "A 65C816."}, {"role": "user", "content": "How fast?"},
+        {"role": "assistant", "content": "3.58 MHz."},
+    ]
+    one = next(line for line in lines if line["messages"][-1]["content"] == "Blue.")
+    assert one["messages"][0] == {"role": "system", "content": "Configured prompt."}  # it had none of its own
+    # the rehearsal buffer receives the whole conversations too
+    samples = list(gen.iter_new_samples())
+    assert samples[0] == a
+    gen.close()
+
+
+def test_alpaca_export_renders_the_earlier_turns(conversations, tmp_path) -> None:
+    from afs_continuous import DataGeneratorConfig, TrainingDataGenerator
+
+    loop, _ = conversations
+    gen = TrainingDataGenerator(loop.store, DataGeneratorConfig(min_samples=1, include_existing_data=False,
+                                                                output_format="alpaca"), tmp_path / "alpaca")
+    result = gen.generate(after=None, name="alpaca")
+    by_output = {line["output"]: line for line in read_jsonl(result.output_path)}
+    assert by_output["3.58 MHz."]["instruction"].startswith(
+        "System: You are terse.\n\nUser: Which CPU?\n\nAssistant: A 65C816.\n\nUser: How fast?") or \
+        by_output["3.58 MHz."]["instruction"].startswith("System: You are terse.\n\nUser: Which console?")
+    assert by_output["Blue."]["instruction"] == "Name a colour."
+    result.close()
+
+
+def test_the_trigger_counts_conversations_as_the_generator_keeps_them(conversations, clock) -> None:
+    loop, _ = conversations
+    from afs_continuous._queries import backfill_content_hashes, count_eligible
+
+    cfg = loop.config.generator_config
+    with loop.store.write() as conn:
+        backfill_content_hashes(conn, cfg, None, clock())
+        assert count_eligible(conn, cfg, None, clock()) == 5  # exact duplicates over the whole conversation
+
+
+def test_a_training_run_trains_on_and_rehearses_whole_conversations(tmp_path, clock, make_loop, trainer) -> None:
+    """Through the daemon's pipeline: train_fn receives every turn, and the rehearsal buffer keeps them."""
+    loop = make_loop(tmp_path, clock, enable_ab_testing=False, train_fn=trainer, trigger_config=NO_TRIGGERS,
+                     generator_config={"min_samples": 2, "include_existing_data": False})
+    for i in range(3):
+        messages = conversation("You are terse.", f"Which CPU, part {i}?", f"A 65C816, part {i}.", f"How fast, {i}?")
+        rid = loop.log_usage(messages=messages, response=f"3.58 MHz, {i}.", model="base", quality_score=0.9)
+        loop.record_feedback(rid, 1, comment="good")
+    loop.logger.flush()
+    assert loop.run_iteration(manual=True)["retrain"]["status"] == "promoted"
+    trained = trainer.samples[0]
+    assert len(trained) == 3 and all(len(s["messages"]) == 5 for s in trained)
+    assert [m["role"] for m in trained[0]["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    buffered = loop.generator.rehearsal_buffer.load()
+    assert sorted(json.dumps(s, sort_keys=True) for s in buffered) == sorted(json.dumps(s, sort_keys=True)
+                                                                             for s in trained)

@@ -626,11 +626,10 @@ def test_disk_full_on_a_tiny_tmpfs(tiny_fs: Path, clock: ManualClock) -> None:
         lg.log(f"before {i}", "answer", "m")
     assert lg.flush(30)
     filler = tiny_fs / "filler"
-    with filler.open("wb") as fh:  # fill the file system
+    with filler.open("wb", buffering=0) as fh:  # fill the file system (unbuffered: close() has nothing left to write)
         try:
             while True:
                 fh.write(b"\0" * 65536)
-                fh.flush()
         except OSError:
             pass
     ids = [lg.log(f"while full {i}", "x" * 2000, "m") for i in range(30)]
@@ -654,3 +653,102 @@ def test_disk_full_on_a_tiny_tmpfs(tiny_fs: Path, clock: ManualClock) -> None:
     store = Store(str(db))
     assert store.integrity_check() == "ok"
     store.dispose()
+
+
+# ------------------------------------------------------------------ conversations, tokens, feedback comments (issue 9)
+CHAT = [
+    {"role": "system", "content": "You answer in one sentence."},
+    {"role": "user", "content": "What CPU does the SNES use?"},
+    {"role": "assistant", "content": "A Ricoh 5A22, based on the 65C816."},
+    {"role": "user", "content": [{"type": "text", "text": "How fast"}, {"type": "text", "text": "is it?"}]},
+]
+
+
+def test_a_whole_conversation_is_stored_with_its_tokens(logger: UsageLogger) -> None:
+    rid = logger.log(messages=CHAT, response="Up to 3.58 MHz.", model="m", prompt_tokens=57, completion_tokens=9,
+                     unit_id="conv-1")
+    old = logger.log("plain question", "plain answer", "m")  # the seed's call, unchanged
+    records = {r["id"]: r for r in logger.get_records()}
+    rec = records[rid]
+    assert rec["query"] == "How fast\nis it?" and rec["response"] == "Up to 3.58 MHz."
+    assert json.loads(rec["messages_json"]) == [
+        {"role": "system", "content": "You answer in one sentence."},
+        {"role": "user", "content": "What CPU does the SNES use?"},
+        {"role": "assistant", "content": "A Ricoh 5A22, based on the 65C816."},
+        {"role": "user", "content": "How fast\nis it?"},
+    ]
+    assert (rec["prompt_tokens"], rec["completion_tokens"], rec["truncated"]) == (57, 9, False)
+    assert records[old]["messages_json"] is None and records[old]["prompt_tokens"] is None
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"messages": CHAT, "query": "q"}, "either query= .* or messages="),
+    ({"messages": []}, r"messages must be a non-empty list"),
+    ({"messages": "hi"}, r"messages must be a non-empty list"),
+    ({"messages": [{"role": "user", "content": "a"}, "b"]}, r"messages\[1\] must be a dict"),
+    ({"messages": [{"role": "human", "content": "a"}]}, r"messages\[0\]\.role must be one of .*got 'human'"),
+    ({"messages": [{"role": "user", "content": 5}]}, r"messages\[0\]\.content must be a str or a list of text parts"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     r"messages\[0\]\.content\[0\] must be a text part"),
+    ({"messages": CHAT[:3]}, r"must end with the user turn.*messages\[2\]\.role is 'assistant'"),
+    ({"messages": CHAT, "prompt_tokens": -1}, r"prompt_tokens must be an int >= 0"),
+    ({"messages": CHAT, "completion_tokens": 2.5}, r"completion_tokens must be an int >= 0"),
+])
+def test_bad_conversations_and_token_counts_are_refused(logger: UsageLogger, db: Path, kwargs: dict[str, Any],
+                                                        match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        logger.log(response="r", model="m", **kwargs)
+    assert logger.flush() and count_rows(db) == 0
+
+
+def test_a_long_turn_is_capped_and_the_record_never_trained_on(db: Path, clock: ManualClock) -> None:
+    with UsageLogger(db, clock=clock, config=LoggerConfig(max_text_chars=100)) as lg:
+        rid = lg.log(messages=[{"role": "system", "content": "s" * 500}, {"role": "user", "content": "q"}],
+                     response="r", model="m")
+        rec = {r["id"]: r for r in lg.get_records()}[rid]
+    assert rec["truncated"] is True and json.loads(rec["messages_json"])[0]["content"] == "s" * 100
+
+
+def test_feedback_comments_are_stored(logger: UsageLogger, db: Path) -> None:
+    rid = logger.log("q", "r", "m")
+    assert logger.record_feedback(rid, -1, comment="Wrong: the 5A22 runs at 3.58 MHz at most.") is True
+    logger.record_feedback(rid, 1)
+    with pytest.raises(ValueError, match="comment must be None or a str"):
+        logger.record_feedback(rid, 1, comment=42)  # type: ignore[arg-type]
+    assert logger.flush()
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT feedback, comment FROM feedback_events ORDER BY id").fetchall()
+    assert rows == [(-1, "Wrong: the 5A22 runs at 3.58 MHz at most."), (1, None)]
+
+
+def test_route_then_log_records_the_exposure(tmp_path: Path, clock: ManualClock, make_loop) -> None:
+    loop = make_loop(tmp_path, clock)
+    loop.registry.register("cand", reason="candidate")
+    exp = loop.experiments.start("base", "cand", traffic_fraction=0.5, seed="exposure")
+    version = loop.route("user-1")
+    assert version.experiment_id == exp.id and version.arm in ("champion", "challenger")
+    assert version.name == ("cand" if version.arm == "challenger" else "base")
+    by_version = loop.log_usage(messages=CHAT, response="r", model=version)
+    by_name = loop.log_usage("q", "r", model=version.name, unit_id="user-1")  # from route()'s per-unit map
+    other = "base" if version.name == "cand" else "cand"
+    wrong_name = loop.log_usage("q", "r", model=other, unit_id="user-1")  # not what route() said: no exposure
+    never_routed = loop.log_usage("q", "r", model=version.name, unit_id="user-2")
+    loop.logger.flush()
+    records = {r["id"]: r for r in loop.logger.get_records()}
+    assert (records[by_version]["experiment_id"], records[by_version]["arm"]) == (exp.id, version.arm)
+    assert (records[by_name]["experiment_id"], records[by_name]["arm"]) == (exp.id, version.arm)
+    assert records[wrong_name]["experiment_id"] is None and records[never_routed]["experiment_id"] is None
+    with pytest.raises(ValueError, match="model must be the ModelVersion returned by route"):
+        loop.log_usage("q", "r", model=42)  # type: ignore[arg-type]
+
+
+def test_the_per_unit_exposure_map_is_bounded(tmp_path: Path, clock: ManualClock, make_loop) -> None:
+    from afs_continuous._exposure import MAX_UNITS
+
+    loop = make_loop(tmp_path, clock)
+    loop.registry.register("cand", reason="candidate")
+    loop.experiments.start("base", "cand", traffic_fraction=0.5)
+    for i in range(MAX_UNITS + 500):
+        loop.route(f"user-{i}")
+    assert len(loop._exposures) == MAX_UNITS
+    assert "user-0" not in loop._exposures and f"user-{MAX_UNITS + 499}" in loop._exposures

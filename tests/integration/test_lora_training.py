@@ -163,6 +163,71 @@ def test_loss_is_computed_on_assistant_tokens_only(tiny_model: Path) -> None:
     assert _tokenize(tokenizer, messages, max_length=6, train_on_prompt=False) is None
 
 
+MULTI_TURN = [
+    {"role": "system", "content": "You answer in one sentence."},
+    {"role": "user", "content": "Which CPU does the SNES use?"},
+    {"role": "assistant", "content": "A Ricoh 5A22."},
+    {"role": "user", "content": "How fast is it?"},
+    {"role": "assistant", "content": "Up to 3.58 MHz."},
+    {"role": "tool", "content": "benchmark: 3.58"},
+    {"role": "user", "content": "Thanks!"},
+    {"role": "assistant", "content": "You are welcome."},
+]
+
+
+def _label_runs(sample: dict[str, list[int]]) -> list[list[int]]:
+    """The trained (label != -100) tokens, as runs of consecutive positions."""
+    runs: list[list[int]] = []
+    previous = -100
+    for tok, label in zip(sample["input_ids"], sample["labels"]):
+        if label != -100:
+            assert label == tok
+            if previous == -100:
+                runs.append([])
+            runs[-1].append(tok)
+        previous = label
+    return runs
+
+
+def test_every_assistant_turn_of_a_conversation_is_trained_and_nothing_else(tiny_model: Path) -> None:
+    """Issue 9 item 3: the system prompt, user and tool turns and the role markers are -100; each of the
+    three assistant turns (its text and end-of-turn token) is a label."""
+    from transformers import AutoTokenizer
+
+    from afs_continuous.training._data import _tokenize
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model, local_files_only=True)
+    sample = _tokenize(tokenizer, MULTI_TURN, max_length=256, train_on_prompt=False)
+    assert sample is not None
+    runs = [tokenizer.decode(run) for run in _label_runs(sample)]
+    assert runs == ["A Ricoh 5A22.<|eos|>\n", "Up to 3.58 MHz.<|eos|>\n", "You are welcome.<|eos|>\n"]
+    n_assistant = sum(len(r) for r in _label_runs(sample))
+    assert sample["labels"].count(-100) == len(sample["input_ids"]) - n_assistant
+
+
+def test_a_template_that_is_not_prefix_stable_still_masks_the_prompt(tiny_model: Path) -> None:
+    """A template that closes the conversation with a final marker renders no prefix as a prefix; the
+    assistant turns are then found by their text, and the prompt is still never trained on."""
+    from transformers import AutoTokenizer
+
+    from afs_continuous.training._data import _tokenize
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model, local_files_only=True)
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}"
+        "{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% else %}<|system|>end"
+        "{% endif %}"
+    )
+    sample = _tokenize(tokenizer, MULTI_TURN, max_length=256, train_on_prompt=False)
+    assert sample is not None
+    runs = [tokenizer.decode(run) for run in _label_runs(sample)]
+    assert runs == ["A Ricoh 5A22.<|eos|>", "Up to 3.58 MHz.<|eos|>", "You are welcome.<|eos|>"]
+    # a template that rewrites the answers cannot be masked safely: the sample is skipped, never trained on whole
+    tokenizer.chat_template = ("{% for message in messages %}{{ message['role'] }}: {{ message['content'] | upper }}"
+                               "\n{% endfor %}{% if not add_generation_prompt %}END{% endif %}")
+    assert _tokenize(tokenizer, MULTI_TURN, max_length=256, train_on_prompt=False) is None
+
+
 def test_make_train_fn_trains_on_alpaca_and_prompt_completion_lines(
     tiny_model: Path, rows: list[dict[str, Any]], tmp_path: Path
 ) -> None:

@@ -75,6 +75,47 @@ def test_first_release_store_is_upgraded_in_place_without_losing_data(store_url)
     loop.close()
 
 
+def test_a_0005_store_with_data_upgrades_to_conversations_and_exposure_in_place(store_url):
+    """Issue 9: schema 0006 adds conversations, tokens, feedback comments, exposure and serving events;
+    a store of the previous release keeps every row, and its running experiment keeps the attribution
+    by model name (exposure_logging false)."""
+    _store_at(store_url, "0005")
+    from sqlalchemy import create_engine
+
+    engine = create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO usage_records (id, created_at, query, response, model, latency_ms, quality_score, unit_id, "
+            "metadata_json, content_hash, truncated, query_chars, response_chars) VALUES "
+            "('b0000000000000000000000000000000', '2026-01-01 00:00:00.000000', 'q', 'r', 'cand', 12.5, 0.9, "
+            "'u1', '{\"k\": 1}', NULL, false, 1, 1)"))
+        conn.execute(text("INSERT INTO feedback_events (record_id, feedback, created_at) VALUES "
+                          "('b0000000000000000000000000000000', -1, '2026-01-01 00:00:01.000000')"))
+        conn.execute(text("INSERT INTO model_versions (name, path, status, created_at, history_json) VALUES "
+                          "('base', NULL, 'champion', '2026-01-01 00:00:00.000000', '[]'), "
+                          "('cand', NULL, 'challenger', '2026-01-01 00:00:00.000000', '[]')"))
+        conn.execute(text("INSERT INTO experiments (champion, challenger, traffic_fraction, seed, status, started_at, "
+                          "n_looks) VALUES ('base', 'cand', 0.5, 's', 'running', '2025-12-31 00:00:00.000000', 0)"))
+    engine.dispose()
+
+    store = Store(store_url)
+    assert store.schema_revision() == schema_head() == "0006"
+    with store.read() as conn:
+        row = conn.execute(text("SELECT query, response, model, unit_id, metadata_json, messages_json, experiment_id, "
+                                "arm, prompt_tokens, completion_tokens, fallback_from FROM usage_records")).one()
+        assert tuple(row) == ("q", "r", "cand", "u1", '{"k": 1}', None, None, None, None, None, None)
+        assert tuple(conn.execute(text("SELECT feedback, comment FROM feedback_events")).one()) == (-1, None)
+        assert conn.execute(text("SELECT count(*) FROM serving_events")).scalar_one() == 0
+    store.dispose()
+    loop = ContinuousLearningLoop(LoopConfig(database_url=store_url, data_dir="/tmp/unused"), clock=ManualClock())
+    exp = loop.experiments.active()
+    assert exp is not None and exp.exposure_logging is False  # evaluated by model name, as before the upgrade
+    assert loop.evaluate_experiment().challenger["n_served"] == 1
+    stats = loop.logger.get_statistics()
+    assert stats["total"] == 1 and stats["negative_feedback"] == 1
+    loop.close()
+
+
 def test_explicit_upgrade_reports_the_revisions(store_url):
     _store_at(store_url, "0001")
     store = Store(store_url)  # auto-upgrades
