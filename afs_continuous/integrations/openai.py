@@ -42,7 +42,11 @@ import asyncio
 import contextvars
 from typing import Any, AsyncIterator, Iterator
 
-import openai
+try:
+    import openai
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("afs_continuous.integrations.openai needs the openai package (>= 1.40): "
+                      "pip install 'afs-continuous[openai]'") from exc
 
 from ._openai_core import AFS_KWARGS, Call, StreamAccumulator, split_kwargs
 
