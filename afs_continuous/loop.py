@@ -227,7 +227,10 @@ class ContinuousLearningLoop:
 
         ``"engine": "none"``: the version's name. vLLM: the version's name for an
         adapter version, ``serving.base_model_name`` for the base model (e.g. the
-        initial champion).
+        initial champion; when unset, asked once from the first replica's ``GET /v1/models``).
+
+        Raises:
+            EngineError: ``serving.base_model_name`` is unset and the first replica cannot be asked.
         """
         return self.serving.served_model_name(version)
 

@@ -34,12 +34,13 @@ STARTUP_TIMEOUT_S = float(os.environ.get("AFS_VLLM_STARTUP_TIMEOUT_S", "900"))
 def engine_python() -> tuple[Path | None, str]:
     """The engine venv's interpreter and where it came from (None and the places looked at when absent)."""
     candidates: list[tuple[str, Path]] = []
-    if os.environ.get("AFS_VLLM_PYTHON"):
+    if os.environ.get("AFS_VLLM_PYTHON"):  # named explicitly: only that one
         candidates.append(("AFS_VLLM_PYTHON", Path(os.environ["AFS_VLLM_PYTHON"])))
-    if os.environ.get("AFS_VLLM_VENV"):
+    elif os.environ.get("AFS_VLLM_VENV"):
         candidates.append(("AFS_VLLM_VENV", Path(os.environ["AFS_VLLM_VENV"]) / "bin/python"))
-    candidates += [("repository", REPO / ".venv-vllm/bin/python"), ("beside the repository",
-                                                                     REPO.parent / ".venv-vllm/bin/python")]
+    else:
+        candidates += [("repository", REPO / ".venv-vllm/bin/python"),
+                       ("beside the repository", REPO.parent / ".venv-vllm/bin/python")]
     for _, path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return path, ""
@@ -168,14 +169,14 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory, alpaca_rows: list[dict[s
 
 
 @pytest.fixture(scope="session")
-def vllm_server(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory,
-                request: pytest.FixtureRequest) -> Iterator[VLLMServer]:
+def vllm_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[VLLMServer]:
     """The session's vLLM server; skips with the reason when not asked for or not installed."""
     if os.environ.get("AFS_TEST_VLLM") != "1":
         pytest.skip("set AFS_TEST_VLLM=1 to run the tests against a real vLLM server (.ci/run does)")
     python, looked = engine_python()
     if python is None:
         pytest.skip(f"no vLLM engine environment ({looked}); create it with bash scripts/vllm_env.sh")
+    tiny_base: Path = request.getfixturevalue("tiny_base")  # built only when a server will start
     server = VLLMServer(python, tiny_base, tmp_path_factory.mktemp("vllm-logs"))
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     try:

@@ -19,7 +19,7 @@ from afs_continuous.config import ServingConfig
 from afs_continuous.registry import ModelVersion, VersionStatus
 from afs_continuous.serving import Engine, EngineError, make_engine
 
-from .conftest import SERVED_NAME, VLLMServer, train_adapter
+from .conftest import SERVED_NAME, VLLMServer, http_json, train_adapter
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -146,3 +146,36 @@ def test_an_unreachable_replica_raises_engine_error_naming_it(engine: tuple[Engi
         assert "contract-half" not in server.models()  # loaded on the first replica, then unloaded again
     finally:
         dead.close()
+
+
+def test_vllm_applies_the_lm_head_update_of_the_tiny_settings(engine: tuple[Engine, VLLMServer | None],
+                                                              tiny_adapter: Path, tmp_path: Path) -> None:
+    """The tiny settings adapt lm_head too; vLLM 0.32 loads that and uses it (greedy output differs without it)."""
+    eng, server = engine
+    if server is None:
+        pytest.skip("engine none generates nothing")
+    from safetensors.torch import load_file, save_file
+
+    config = json.loads((tiny_adapter / "adapter_config.json").read_text())
+    assert "lm_head" in config["target_modules"]
+    stripped = tmp_path / "no-lm-head"
+    shutil.copytree(tiny_adapter, stripped)
+    weights = load_file(str(stripped / "adapter_model.safetensors"))
+    assert any("lm_head" in k for k in weights)
+    save_file({k: v for k, v in weights.items() if "lm_head" not in k}, str(stripped / "adapter_model.safetensors"))
+    config["target_modules"] = [m for m in config["target_modules"] if m != "lm_head"]
+    (stripped / "adapter_config.json").write_text(json.dumps(config))
+    with_head, without = version("contract-head", tiny_adapter), version("contract-nohead", stripped)
+    for v in (with_head, without):
+        eng.load(v)
+    outputs = {}
+    for name in ("contract-head", "contract-nohead"):
+        status, body = http_json("POST", server.base_url + "/v1/completions",
+                                 {"model": name, "prompt": "The best way to", "max_tokens": 8, "temperature": 0.0,
+                                  "logprobs": 1})
+        assert status == 200, body
+        choice = body["choices"][0]
+        outputs[name] = (choice["text"], choice["logprobs"]["token_logprobs"])
+    assert outputs["contract-head"] != outputs["contract-nohead"]
+    for v in (with_head, without):
+        eng.unload(v)
