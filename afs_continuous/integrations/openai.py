@@ -184,6 +184,8 @@ class _Completions:
         Raises:
             openai.APIError: The server's error, unchanged (nothing logged).
             TypeError, ValueError: Our arguments are invalid (nothing sent).
+            afs_continuous.serving.EngineError: ``serving.base_model_name`` is unset and the first
+                replica cannot be asked for it (nothing sent).
         """
         call = Call(self._loop, kwargs)
         try:
