@@ -29,23 +29,22 @@ import threading
 import time
 import weakref
 from dataclasses import replace
-from datetime import timedelta
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ._canary import EvalFn
 from ._exposure import remember
-from ._drops import drops_summary, store_errors, store_problem
+from ._drops import store_errors, store_problem
 from ._imports import train_fn_from_config
 from ._pipeline import RetrainPipeline, TrainFn
 from ._signals import StopSignals
+from ._status import status_summary
 from .clock import Clock, utc_now
 from .config import LoopConfig, config_record
 from .errors import NotFoundError
-from ._serving import ServingSupport, rollback_target
+from ._operations import OperatorActions
+from ._serving import ServingSupport
 from .serving import EngineError, make_engine
 from .experiment import Arm, Decision, Evaluation, ExperimentManager
-from ._queries import count_eligible
 from .generator import TrainingDataGenerator
 from .lease import Lease, LeaseHeld
 from .logger import UsageLogger
@@ -65,7 +64,7 @@ _NO_TRAIN_FN = ("no train_fn configured: data prepared only (pass train_fn= to t
                 "--train-fn on the command line, or set training.train_fn or training.lora)")
 
 
-class ContinuousLearningLoop:
+class ContinuousLearningLoop(OperatorActions):
     """The continuous-learning loop over one store.
 
     Args:
@@ -543,109 +542,6 @@ class ContinuousLearningLoop:
         """Ask :meth:`run_loop` to stop after the current iteration (thread- and signal-safe)."""
         self._stop.set()
 
-    # ---- operations ----------------------------------------------------------------------
-
-    def promote(self, name: str, *, reason: str = "manual promotion", actor: str = "operator",
-                force: bool = False) -> ModelVersion:
-        """Make version ``name`` champion now; recorded with ``actor``, ``reason``, the time and the prior champion.
-
-        A running experiment ends: promoting its challenger concludes it
-        (``promote``); promoting any other version retires the challenger
-        (``stop``). The training run of ``name`` becomes ``promoted``.
-
-        Args:
-            name: The version.
-            reason: Why (the audit history).
-            actor: Who (the audit history).
-            force: Promote even when the version's ``path`` no longer exists.
-
-        With a serving engine, the version is loaded on every replica (and
-        checked) before it becomes champion; the replaced adapters are unloaded
-        by the daemon once no routing cache can still send them traffic.
-
-        Raises:
-            NotFoundError: Unknown version, or (without ``force``) its recorded
-                ``path`` is gone; nothing changes. A version without a path
-                (e.g. the initial champion without ``champion_model_path``) is allowed.
-            EngineError: The serving engine cannot load it (the message names the
-                replica and why); nothing changes.
-        """
-        target = self.registry.get(name)
-        current = self.registry.champion()
-        if current is None or current.name != target.name:
-            if not force:
-                _require_files(target)
-            self._serving.load(target)
-        exp = self.experiments.active()
-        with self.store.write() as conn:
-            before = self.registry.champion(conn=conn)
-            version = self.registry.promote(name, reason=reason, actor=actor, conn=conn)
-            if before is not None and before.name == version.name:
-                return version  # already the champion: nothing changes, a running experiment goes on
-            if not force:
-                _require_files(version)  # raising rolls the whole transaction back
-            self.runs.set_outcome(name, RunStatus.PROMOTED, conn=conn)
-            self._end_experiment_for(exp, name, f"manual promotion of {name}: {reason}", actor, conn)
-        self._invalidate()
-        return version
-
-    def _end_experiment_for(self, exp: Any, champion: str, why: str, actor: str, conn: Any) -> None:
-        """A manual champion change ends the running experiment: its challenger wins if it is the new
-        champion, else it is retired and its run rejected. The drift watch ends too."""
-        self.monitor.stop(conn=conn)
-        if exp is None:
-            return
-        if exp.challenger == champion:
-            self.experiments.conclude(exp, Decision.PROMOTE, conn=conn)
-            return
-        self.registry.retire(exp.challenger, reason=f"experiment ended by {why}", actor=actor, conn=conn)
-        self.experiments.conclude(exp, Decision.STOP, conn=conn)
-        self.runs.set_outcome(exp.challenger, RunStatus.REJECTED, conn=conn)
-
-    def rollback(self, name: str | None = None, *, reason: str = "manual rollback", actor: str = "operator",
-                 force: bool = False) -> ModelVersion:
-        """Restore ``name`` (default: the previous champion) as champion; ends a running experiment.
-
-        Recorded in both versions' histories with ``actor``, ``reason``, the
-        time and the prior champion. The run that produced the replaced
-        champion becomes ``rolled_back``; the run of the restored version
-        ``promoted``. Idempotent (see :meth:`ModelRegistry.rollback`).
-
-        Args:
-            name: The version (None: the previous champion).
-            reason: Why (the audit history).
-            actor: Who (the audit history).
-            force: Restore it even when its ``path`` no longer exists.
-
-        With a serving engine, the restored version is loaded on every replica
-        (and checked) first.
-
-        Raises:
-            NotFoundError: Unknown version, no previous champion, or (without
-                ``force``) the version's recorded ``path`` is gone; nothing changes.
-            EngineError: The serving engine cannot load it (the message names the
-                replica and why); nothing changes.
-        """
-        target = rollback_target(self.registry, name)
-        if target is not None:
-            if not force:
-                _require_files(target)
-            self._serving.load(target)
-        exp = self.experiments.active()
-        with self.store.write() as conn:
-            before = self.registry.champion(conn=conn)
-            version = self.registry.rollback(name, reason=reason, actor=actor, conn=conn)
-            if before is not None and before.name == version.name:
-                return version  # already the champion: nothing changes, a running experiment goes on
-            if not force:
-                _require_files(version)  # raising rolls the whole transaction back
-            if before is not None:
-                self.runs.set_outcome(before.name, RunStatus.ROLLED_BACK, conn=conn)
-            self.runs.set_outcome(version.name, RunStatus.PROMOTED, conn=conn)
-            self._end_experiment_for(exp, version.name, f"rollback to {version.name}: {reason}", actor, conn)
-        self._invalidate()
-        return version
-
     def get_status_summary(self) -> dict[str, Any]:
         """A snapshot of the loop for dashboards and ``--status``.
 
@@ -667,59 +563,7 @@ class ContinuousLearningLoop:
             StoreError: The store cannot be read (the message names it, the cause and the fix).
         """
         with store_errors(self.store, "read the status of"):
-            return self._status_summary()
-
-    def _status_summary(self) -> dict[str, Any]:
-        now = self.clock()
-        usage = self.logger.get_statistics()
-        st = self.triggers.state()
-        tcfg = self.config.trigger_config
-        champion = self.registry.champion()
-        challenger = self.registry.challenger()
-        exp = self.experiments.active()
-        remaining = self.triggers.cooldown_remaining(now, st["last_training_at"])
-        refs = [t for t in (st["last_training_at"], st["last_schedule_at"]) if t is not None]
-        ref = max(refs) if refs else st["first_start_at"]
-        next_sched = (ref + timedelta(hours=tcfg.schedule_interval_hours)) if (ref and tcfg.schedule_interval_hours) else None
-        # As counted at the daemon's last check (cheap on a large store); counted now, read-only, before any
-        # check (records whose content hash the daemon has not computed yet count as distinct: an upper bound).
-        eligible = self.store.get_state("eligible_samples")
-        if eligible is None:
-            with self.store.read() as conn:
-                eligible = {"n": count_eligible(conn, self.config.generator_config, st["data_watermark"], now),
-                            "checked_at": now.isoformat()}
-        return {
-            "usage_stats": usage,
-            "status": {
-                "now": now.isoformat(),
-                "total_retrains": self.runs.count_trained(),
-                "champion_model": champion.name if champion else None,
-                "champion_path": champion.path if champion else None,
-                "challenger_model": challenger.name if challenger else None,
-                "challenger_traffic": exp.traffic_fraction if exp else 0.0,
-                "first_start_at": _iso(st["first_start_at"]),
-                "last_training_at": _iso(st["last_training_at"]),
-                "last_iteration_at": self.store.get_state("last_iteration_at"),
-                "cooldown_until": _iso(now + timedelta(seconds=remaining)) if remaining > 0 else None,
-                "next_scheduled_at": _iso(next_sched),
-                "eligible_samples": eligible["n"],
-                "eligible_checked_at": eligible["checked_at"],
-                "min_new_samples": tcfg.min_new_samples,
-                "data_watermark": _iso(st["data_watermark"]),
-                "rehearsal_buffer": str(self.generator.rehearsal_buffer.path),
-            },
-            "experiment": exp.to_dict() if exp else None,
-            "promotion_watch": self.monitor.active(),
-            "training_runs": [r.to_dict() for r in self.runs.list(limit=5)],
-            "lease": self.lease.status(),
-            "store": self.store.display_url,
-            "drops": self._drops_summary(now),
-            "serving": self._serving.summary(now),
-        }
-
-    def _drops_summary(self, now: Any) -> dict[str, Any]:
-        with self.store.read() as conn:
-            return drops_summary(conn, now)
+            return status_summary(self)
 
     def close(self) -> None:
         """Flush pending records, give back the daemon lease if held, close every store connection. Idempotent."""
@@ -736,15 +580,6 @@ class ContinuousLearningLoop:
         self.close()
 
 
-def _require_files(version: ModelVersion) -> None:
-    """Refuse to make ``version`` champion when its recorded path is gone (serving it would fail)."""
-    if version.path and not Path(version.path).expanduser().exists():
-        raise NotFoundError(
-            f"model version {version.name!r} has no files at {version.path!r}: its path is gone (deleted or moved); "
-            "nothing changed. Restore the files, or pass --force (force=True) to make it champion anyway"
-        )
-
-
 def _release_at_exit(ref: "weakref.ref[ContinuousLearningLoop]") -> None:
     loop = ref()
     if loop is not None:
@@ -752,7 +587,3 @@ def _release_at_exit(ref: "weakref.ref[ContinuousLearningLoop]") -> None:
             loop._release_lease()
         except Exception:  # noqa: BLE001 - at exit the lease expires on its own if the store is gone
             log.warning("could not give back the daemon lease at exit; it expires after lease_ttl_s")
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None

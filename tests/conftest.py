@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 import pytest
 
 from afs_continuous import ContinuousLearningLoop, ManualClock, UsageLogger, load_config
-from afs_continuous.config import _deep_merge
+from afs_continuous._config_load import _deep_merge
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

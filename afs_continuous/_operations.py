@@ -1,0 +1,141 @@
+"""Operator actions on the loop: promotion and rollback (private; mixed into the loop).
+
+Both are recorded with who, why, when and the prior champion, end a running
+experiment, and with a serving engine load the new champion on every replica
+before the registry routes traffic to it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from ._serving import rollback_target
+from .errors import NotFoundError
+from .experiment import Decision
+from .registry import ModelVersion
+from .runs import RunStatus
+
+__all__ = ["OperatorActions"]
+
+
+class OperatorActions:
+    """``promote`` and ``rollback`` of :class:`~afs_continuous.loop.ContinuousLearningLoop`."""
+
+    registry: Any
+    experiments: Any
+    store: Any
+    runs: Any
+    monitor: Any
+    _serving: Any
+    _invalidate: Callable[[], None]  # the loop's routing-cache reset
+
+    def promote(self, name: str, *, reason: str = "manual promotion", actor: str = "operator",
+                force: bool = False) -> ModelVersion:
+        """Make version ``name`` champion now; recorded with ``actor``, ``reason``, the time and the prior champion.
+
+        A running experiment ends: promoting its challenger concludes it
+        (``promote``); promoting any other version retires the challenger
+        (``stop``). The training run of ``name`` becomes ``promoted``.
+
+        Args:
+            name: The version.
+            reason: Why (the audit history).
+            actor: Who (the audit history).
+            force: Promote even when the version's ``path`` no longer exists.
+
+        With a serving engine, the version is loaded on every replica (and
+        checked) before it becomes champion; the replaced adapters are unloaded
+        by the daemon once no routing cache can still send them traffic.
+
+        Raises:
+            NotFoundError: Unknown version, or (without ``force``) its recorded
+                ``path`` is gone; nothing changes. A version without a path
+                (e.g. the initial champion without ``champion_model_path``) is allowed.
+            EngineError: The serving engine cannot load it (the message names the
+                replica and why); nothing changes.
+        """
+        target = self.registry.get(name)
+        current = self.registry.champion()
+        if current is None or current.name != target.name:
+            if not force:
+                _require_files(target)
+            self._serving.load(target)
+        exp = self.experiments.active()
+        with self.store.write() as conn:
+            before = self.registry.champion(conn=conn)
+            version = self.registry.promote(name, reason=reason, actor=actor, conn=conn)
+            if before is not None and before.name == version.name:
+                return version  # already the champion: nothing changes, a running experiment goes on
+            if not force:
+                _require_files(version)  # raising rolls the whole transaction back
+            self.runs.set_outcome(name, RunStatus.PROMOTED, conn=conn)
+            self._end_experiment_for(exp, name, f"manual promotion of {name}: {reason}", actor, conn)
+        self._invalidate()
+        return version
+
+    def _end_experiment_for(self, exp: Any, champion: str, why: str, actor: str, conn: Any) -> None:
+        """A manual champion change ends the running experiment: its challenger wins if it is the new
+        champion, else it is retired and its run rejected. The drift watch ends too."""
+        self.monitor.stop(conn=conn)
+        if exp is None:
+            return
+        if exp.challenger == champion:
+            self.experiments.conclude(exp, Decision.PROMOTE, conn=conn)
+            return
+        self.registry.retire(exp.challenger, reason=f"experiment ended by {why}", actor=actor, conn=conn)
+        self.experiments.conclude(exp, Decision.STOP, conn=conn)
+        self.runs.set_outcome(exp.challenger, RunStatus.REJECTED, conn=conn)
+
+    def rollback(self, name: str | None = None, *, reason: str = "manual rollback", actor: str = "operator",
+                 force: bool = False) -> ModelVersion:
+        """Restore ``name`` (default: the previous champion) as champion; ends a running experiment.
+
+        Recorded in both versions' histories with ``actor``, ``reason``, the
+        time and the prior champion. The run that produced the replaced
+        champion becomes ``rolled_back``; the run of the restored version
+        ``promoted``. Idempotent (see :meth:`ModelRegistry.rollback`).
+
+        Args:
+            name: The version (None: the previous champion).
+            reason: Why (the audit history).
+            actor: Who (the audit history).
+            force: Restore it even when its ``path`` no longer exists.
+
+        With a serving engine, the restored version is loaded on every replica
+        (and checked) first.
+
+        Raises:
+            NotFoundError: Unknown version, no previous champion, or (without
+                ``force``) the version's recorded ``path`` is gone; nothing changes.
+            EngineError: The serving engine cannot load it (the message names the
+                replica and why); nothing changes.
+        """
+        target = rollback_target(self.registry, name)
+        if target is not None:
+            if not force:
+                _require_files(target)
+            self._serving.load(target)
+        exp = self.experiments.active()
+        with self.store.write() as conn:
+            before = self.registry.champion(conn=conn)
+            version = self.registry.rollback(name, reason=reason, actor=actor, conn=conn)
+            if before is not None and before.name == version.name:
+                return version  # already the champion: nothing changes, a running experiment goes on
+            if not force:
+                _require_files(version)  # raising rolls the whole transaction back
+            if before is not None:
+                self.runs.set_outcome(before.name, RunStatus.ROLLED_BACK, conn=conn)
+            self.runs.set_outcome(version.name, RunStatus.PROMOTED, conn=conn)
+            self._end_experiment_for(exp, version.name, f"rollback to {version.name}: {reason}", actor, conn)
+        self._invalidate()
+        return version
+
+
+def _require_files(version: ModelVersion) -> None:
+    """Refuse to make ``version`` champion when its recorded path is gone (serving it would fail)."""
+    if version.path and not Path(version.path).expanduser().exists():
+        raise NotFoundError(
+            f"model version {version.name!r} has no files at {version.path!r}: its path is gone (deleted or moved); "
+            "nothing changed. Restore the files, or pass --force (force=True) to make it champion anyway"
+        )
