@@ -22,9 +22,9 @@ Time is simulated with a ManualClock: nothing sleeps. The run is reproducible:
 ``--seed`` (default 0) fixes the traffic, the LoRA training and the A/B
 assignment (``ab_test_config.assignment_seed``), so two runs with the same
 seed print the same A/B figures. It prints its elapsed time at the end;
-measured on this project's 2-core machine: 123-127 s when idle, 229 s while
-the machine was shared with other jobs (74 CPU-seconds; 170 s of the wall
-time was the LoRA training).
+measured on this project's 2-core machine: 20-21 s with nothing else running
+(5-7 s of it LoRA training); 229 s while the machine was shared with six other
+jobs (the LoRA training stretches most).
 """
 
 from __future__ import annotations
