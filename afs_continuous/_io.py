@@ -19,7 +19,7 @@ _ESCAPES = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
 def escape_line_separators(encoded: str) -> str:
-    """Escape U+0085, U+2028 and U+2029 in JSON text as ``\\uXXXX`` (same value, one physical line).
+    """Escape U+0085, U+2028 and U+2029 in JSON text as ``\\u`` escapes (same value, one physical line).
 
     >>> escape_line_separators('"a\u2028b"')
     '"a\\\\u2028b"'
