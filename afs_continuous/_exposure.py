@@ -9,6 +9,7 @@ is O(1).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 __all__ = ["MAX_UNITS", "remember"]
@@ -17,17 +18,18 @@ __all__ = ["MAX_UNITS", "remember"]
 MAX_UNITS = 10_000
 
 
-def remember(exposures: dict[str, Any], unit: str, version: Any) -> None:
+def remember(exposures: "OrderedDict[str, Any]", unit: str, version: Any) -> None:
     """Record ``unit``'s latest assignment; forget the oldest unit beyond :data:`MAX_UNITS`.
 
-    A dict keeps insertion order, so its first key is the oldest assignment; a
-    unit routed again moves to the end. Safe from several threads under the
-    GIL: a concurrent removal of the same oldest key is ignored.
+    An OrderedDict (O(1) removal of the oldest key, unlike a plain dict whose
+    first-key lookup walks deleted slots); a unit routed again moves to the end.
+    Safe from several threads under the GIL: a concurrent removal of the same
+    oldest key is ignored.
     """
-    exposures.pop(unit, None)
     exposures[unit] = version
+    exposures.move_to_end(unit)
     if len(exposures) > MAX_UNITS:
         try:
-            del exposures[next(iter(exposures))]
-        except (KeyError, StopIteration, RuntimeError):
-            pass  # another thread removed it first, or changed the dict while we looked
+            exposures.popitem(last=False)
+        except KeyError:
+            pass  # another thread removed it first

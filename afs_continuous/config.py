@@ -126,6 +126,9 @@ def _suggest(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     return f" (did you mean {matches[0]!r}?)" if matches else ""
 
 
+_SECRET_KEYS = frozenset({"api_key", "database_url"})
+
+
 def _config_error(model: type[BaseModel], exc: ValidationError) -> ConfigError:
     lines = []
     for err in exc.errors():
@@ -134,7 +137,8 @@ def _config_error(model: type[BaseModel], exc: ValidationError) -> ConfigError:
             lines.append(f"{_format_loc(loc)}: unknown key{_suggest(model, loc)}")
         else:
             value = err.get("input")
-            shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+            secret = bool(loc) and str(loc[-1]) in _SECRET_KEYS  # never echo a secret, even a mistyped one
+            shown = "" if isinstance(value, (dict, list)) or secret else f" (got {value!r})"
             lines.append(f"{_format_loc(loc)}: {err.get('msg')}{shown}")
     return ConfigError("invalid configuration: " + "; ".join(lines))
 

@@ -28,6 +28,7 @@ import signal
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, Callable, Mapping
 
@@ -130,7 +131,7 @@ class ContinuousLearningLoop(OperatorActions):
         self._release_at_exit = functools.partial(_release_at_exit, weakref.ref(self))
         atexit.register(self._release_at_exit)  # a lease still held at interpreter exit is given back
         self._route_cache: tuple[float, ModelVersion, ModelVersion | None, Any] | None = None
-        self._exposures: dict[str, ModelVersion] = {}  # unit id -> its latest route() (bounded, see _exposure)
+        self._exposures: OrderedDict[str, ModelVersion] = OrderedDict()  # unit id -> its latest route() (bounded)
         self._exposed: tuple[Any, ModelVersion, ModelVersion] | None = None  # (experiment, champion, challenger)
         self.store.setdefault_state("first_start_at", clock())  # atomic: many workers may open a new store at once
         self.registry.ensure_champion(cfg.champion_model, cfg.champion_model_path)

@@ -35,9 +35,10 @@ from afs_continuous.integrations.openai import AsyncOpenAI
 VLLM_BASE_URL = os.environ.get("VLLM_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 _KWARGS = ("messages", "user", "stream", "stream_options")  # the rest goes to vLLM as it came
 
+VLLM_API_KEY = os.environ.get("VLLM_API_KEY")
 loop = ContinuousLearningLoop(load_config(os.environ.get("AFS_CONTINUOUS_CONFIG"), overrides={
-    "serving": {"engine": "vllm", "base_urls": [VLLM_BASE_URL]}}))
-client = AsyncOpenAI(loop=loop, base_url=VLLM_BASE_URL + "/v1", api_key=os.environ.get("VLLM_API_KEY", "EMPTY"))
+    "serving": {"engine": "vllm", "base_urls": [VLLM_BASE_URL], "api_key": VLLM_API_KEY}}))
+client = AsyncOpenAI(loop=loop, base_url=VLLM_BASE_URL + "/v1", api_key=VLLM_API_KEY or "EMPTY")
 
 
 @asynccontextmanager

@@ -100,7 +100,11 @@ class Call:
         if not isinstance(exc, openai.NotFoundError):
             return False
         code = getattr(exc, "code", None)
-        return code == "model_not_found" or f"`{self.served}`" in str(exc.message) or self.served in str(exc.body)
+        if code == "model_not_found":
+            return True
+        quoted = (f"`{self.served}`", f"'{self.served}'", f'"{self.served}"')  # the name itself, not a substring
+        text = f"{exc.message} {exc.body}"
+        return any(q in text for q in quoted)
 
     def fall_back(self, exc: BaseException, champion: ModelVersion) -> bool:
         """Switch this call to ``champion`` (returned by ``loop.report_unavailable``); False when the

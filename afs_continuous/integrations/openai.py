@@ -269,7 +269,7 @@ class OpenAI(openai.OpenAI):
         self.loop = _need_loop(loop)
         super().__init__(**kwargs)
         inner = super().chat
-        self._afs_chat = _Chat(inner, _Completions(inner.completions, loop))
+        self._afs_chat = _Chat(inner, _Completions(inner.completions, self.loop))
 
     @property  # type: ignore[override]
     def chat(self) -> Any:
@@ -290,15 +290,18 @@ class OpenAI(openai.OpenAI):
 class AsyncOpenAI(openai.AsyncOpenAI):
     """``openai.AsyncOpenAI`` whose ``chat.completions.create`` routes, serves and logs through ``loop``.
 
-    Args and Raises: as :class:`OpenAI`. ``loop.route`` and ``loop.log_usage`` do not block (the
-    routing cache, the logger's queue); the fallback's one store write runs in a thread.
+    Args and Raises: as :class:`OpenAI`. ``loop.route`` and ``loop.log_usage`` run on the event loop:
+    they answer from the routing cache and the logger's queue, so they return in microseconds, except
+    for a store read once every ``route_cache_s`` (the cache refresh), a full queue (waits up to
+    ``logger_config.enqueue_timeout_s``) and ``durability="sync"`` (a commit per call); the fallback's
+    one store write runs in a thread.
     """
 
     def __init__(self, *, loop: Any = None, **kwargs: Any) -> None:
         self.loop = _need_loop(loop)
         super().__init__(**kwargs)
         inner = super().chat
-        self._afs_chat = _Chat(inner, _AsyncCompletions(inner.completions, loop))
+        self._afs_chat = _Chat(inner, _AsyncCompletions(inner.completions, self.loop))
 
     @property  # type: ignore[override]
     def chat(self) -> Any:

@@ -12,6 +12,8 @@ list of replicas).
 
 from __future__ import annotations
 
+import functools
+
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,7 +60,13 @@ def is_adapter(version: "ModelVersion") -> bool:
         return False
     if version.training_run_id is not None:
         return True
-    return (Path(version.path).expanduser() / "adapter_config.json").is_file()
+    return _has_adapter_config(version.name, version.path)
+
+
+@functools.lru_cache(maxsize=256)
+def _has_adapter_config(name: str, path: str) -> bool:
+    """Whether ``path`` holds a peft adapter; looked up once per (version, path), not per request."""
+    return (Path(path).expanduser() / "adapter_config.json").is_file()
 
 
 class Engine(ABC):

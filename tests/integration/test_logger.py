@@ -519,7 +519,7 @@ def test_write_lock_held_at_exit_reports_and_counts_the_lost_records(tmp_path: P
         holder.execute("ROLLBACK")
         holder.close()
     assert proc.returncode == 0 and proc.stdout.strip() == "logged", proc.stderr
-    assert took < 25
+    assert took < 60  # the exit deadline (flush interval + 10 s) plus a slow machine's start-up, never a hang
     assert "LOST 100 records and 0 feedback events at exit" in proc.stderr, proc.stderr
     assert "waiting for the write lock, held by another process" in proc.stderr and str(db) in proc.stderr
     spool = db.with_name(db.name + "-drops.jsonl")

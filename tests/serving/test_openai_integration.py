@@ -171,8 +171,10 @@ def test_traffic_through_the_openai_client(vllm_server: VLLMServer, tiny_adapter
     before = len(_records(loop))
     worker = threading.Thread(target=traffic)
     worker.start()
-    while len(answered) < 20:
-        time.sleep(0.05)  # until some traffic went through before the restart
+    deadline = time.monotonic() + 300
+    while len(answered) < 20:  # until some traffic went through before the restart
+        assert worker.is_alive() and time.monotonic() < deadline, f"traffic stopped after {len(answered)} calls"
+        time.sleep(0.05)
     server.restart()
     after_restart.set()
     worker.join(300)

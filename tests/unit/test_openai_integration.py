@@ -136,6 +136,7 @@ def test_the_client_needs_a_loop_and_copies_keep_it(make_loop: Any, clock: Any, 
     client = OpenAI(loop=loop, base_url="http://127.0.0.1:1/v1", api_key="x")
     copy = client.with_options(timeout=5)
     assert copy.loop is loop and type(copy.chat.completions).__name__ == "_Completions"
+    assert copy.chat.completions._loop is loop  # the copy's create() routes and logs through the same loop
     assert client.models is not None  # the rest is the openai client's own
 
 
