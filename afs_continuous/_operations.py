@@ -55,24 +55,10 @@ class OperatorActions:
             EngineError: The serving engine cannot load it (the message names the
                 replica and why); nothing changes.
         """
-        target = self.registry.get(name)
-        current = self.registry.champion()
-        if current is None or current.name != target.name:
-            if not force:
-                _require_files(target)
-            self._serving.load(target)
-        exp = self.experiments.active()
-        with self.store.write() as conn:
-            before = self.registry.champion(conn=conn)
-            version = self.registry.promote(name, reason=reason, actor=actor, conn=conn)
-            if before is not None and before.name == version.name:
-                return version  # already the champion: nothing changes, a running experiment goes on
-            if not force:
-                _require_files(version)  # raising rolls the whole transaction back
-            self.runs.set_outcome(name, RunStatus.PROMOTED, conn=conn)
-            self._end_experiment_for(exp, name, f"manual promotion of {name}: {reason}", actor, conn)
-        self._invalidate()
-        return version
+        return self._switch_champion(
+            self.registry.get(name), force, actor,
+            lambda conn: self.registry.promote(name, reason=reason, actor=actor, conn=conn),
+            lambda new: f"manual promotion of {new}: {reason}", mark_replaced=False)
 
     def _end_experiment_for(self, exp: Any, champion: str, why: str, actor: str, conn: Any) -> None:
         """A manual champion change ends the running experiment: its challenger wins if it is the new
@@ -111,23 +97,40 @@ class OperatorActions:
             EngineError: The serving engine cannot load it (the message names the
                 replica and why); nothing changes.
         """
-        target = rollback_target(self.registry, name)
+        return self._switch_champion(
+            rollback_target(self.registry, name), force, actor,
+            lambda conn: self.registry.rollback(name, reason=reason, actor=actor, conn=conn),
+            lambda new: f"rollback to {new}: {reason}", mark_replaced=True)
+
+    def _switch_champion(self, target: ModelVersion | None, force: bool, actor: str,
+                         move: Callable[[Any], ModelVersion], why: Callable[[str], str], *,
+                         mark_replaced: bool) -> ModelVersion:
+        """Make ``target`` champion through ``move(conn)`` (the registry's promote or rollback).
+
+        Its files are checked (unless ``force``) and the serving engine loads it
+        before the registry changes; in one transaction: the registry move, the
+        runs' outcomes (the replaced champion's run ``rolled_back`` when
+        ``mark_replaced``) and the end of a running experiment. Already the
+        champion: nothing changes. ``why(new champion's name)`` is the reason the experiment ends.
+        """
         if target is not None:
-            if not force:
-                _require_files(target)
-            self._serving.load(target)
+            current = self.registry.champion()
+            if current is None or current.name != target.name:
+                if not force:
+                    _require_files(target)
+                self._serving.load(target)
         exp = self.experiments.active()
         with self.store.write() as conn:
             before = self.registry.champion(conn=conn)
-            version = self.registry.rollback(name, reason=reason, actor=actor, conn=conn)
+            version = move(conn)
             if before is not None and before.name == version.name:
                 return version  # already the champion: nothing changes, a running experiment goes on
             if not force:
                 _require_files(version)  # raising rolls the whole transaction back
-            if before is not None:
+            if mark_replaced and before is not None:
                 self.runs.set_outcome(before.name, RunStatus.ROLLED_BACK, conn=conn)
             self.runs.set_outcome(version.name, RunStatus.PROMOTED, conn=conn)
-            self._end_experiment_for(exp, version.name, f"rollback to {version.name}: {reason}", actor, conn)
+            self._end_experiment_for(exp, version.name, why(version.name), actor, conn)
         self._invalidate()
         return version
 

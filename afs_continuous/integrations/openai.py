@@ -252,7 +252,37 @@ def _need_loop(loop: Any) -> Any:
     return loop
 
 
-class OpenAI(openai.OpenAI):
+class _LoopClient:
+    """What both clients add to ``openai``'s: the loop, the wrapped ``chat``, and copies that keep the loop.
+
+    Mixed in before the ``openai`` client class; ``_completions`` is the wrapper of ``chat.completions``.
+    """
+
+    _completions: Any
+
+    def __init__(self, *, loop: Any = None, **kwargs: Any) -> None:
+        self.loop = _need_loop(loop)
+        super().__init__(**kwargs)
+        inner = super().chat  # type: ignore[misc]
+        self._afs_chat = _Chat(inner, self._completions(inner.completions, self.loop))
+
+    @property
+    def chat(self) -> Any:
+        """The client's ``chat`` resource with the routed and logged ``completions.create``."""
+        return self._afs_chat
+
+    def copy(self, **kwargs: Any) -> Any:
+        """``openai``'s ``copy`` (and ``with_options``): the copy routes and logs through the same loop."""
+        token = _COPY_LOOP.set(self.loop)
+        try:
+            return super().copy(**kwargs)  # type: ignore[misc]
+        finally:
+            _COPY_LOOP.reset(token)
+
+    with_options = copy
+
+
+class OpenAI(_LoopClient, openai.OpenAI):
     """``openai.OpenAI`` whose ``chat.completions.create`` routes, serves and logs through ``loop``.
 
     Args:
@@ -265,29 +295,10 @@ class OpenAI(openai.OpenAI):
         TypeError: ``loop`` is missing or not a loop.
     """
 
-    def __init__(self, *, loop: Any = None, **kwargs: Any) -> None:
-        self.loop = _need_loop(loop)
-        super().__init__(**kwargs)
-        inner = super().chat
-        self._afs_chat = _Chat(inner, _Completions(inner.completions, self.loop))
-
-    @property  # type: ignore[override]
-    def chat(self) -> Any:
-        """The client's ``chat`` resource with the routed and logged ``completions.create``."""
-        return self._afs_chat
-
-    def copy(self, **kwargs: Any) -> Any:
-        """``openai``'s ``copy`` (and ``with_options``): the copy routes and logs through the same loop."""
-        token = _COPY_LOOP.set(self.loop)
-        try:
-            return super().copy(**kwargs)
-        finally:
-            _COPY_LOOP.reset(token)
-
-    with_options = copy
+    _completions = _Completions
 
 
-class AsyncOpenAI(openai.AsyncOpenAI):
+class AsyncOpenAI(_LoopClient, openai.AsyncOpenAI):
     """``openai.AsyncOpenAI`` whose ``chat.completions.create`` routes, serves and logs through ``loop``.
 
     Args and Raises: as :class:`OpenAI`. ``loop.route`` and ``loop.log_usage`` run on the event loop:
@@ -297,23 +308,4 @@ class AsyncOpenAI(openai.AsyncOpenAI):
     one store write runs in a thread.
     """
 
-    def __init__(self, *, loop: Any = None, **kwargs: Any) -> None:
-        self.loop = _need_loop(loop)
-        super().__init__(**kwargs)
-        inner = super().chat
-        self._afs_chat = _Chat(inner, _AsyncCompletions(inner.completions, self.loop))
-
-    @property  # type: ignore[override]
-    def chat(self) -> Any:
-        """The client's ``chat`` resource with the routed and logged ``completions.create``."""
-        return self._afs_chat
-
-    def copy(self, **kwargs: Any) -> Any:
-        """``openai``'s ``copy`` (and ``with_options``): the copy routes and logs through the same loop."""
-        token = _COPY_LOOP.set(self.loop)
-        try:
-            return super().copy(**kwargs)
-        finally:
-            _COPY_LOOP.reset(token)
-
-    with_options = copy
+    _completions = _AsyncCompletions
