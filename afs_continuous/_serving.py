@@ -27,7 +27,6 @@ from typing import Any, Callable
 from sqlalchemy import func, insert, select
 
 from .config import LoopConfig
-from .errors import NotFoundError
 from .registry import ModelRegistry, ModelVersion, VersionStatus
 from .serving import Engine, EngineError, is_adapter
 from .store import ServingEvent, Store
@@ -245,23 +244,12 @@ class ServingSupport:
 def rollback_target(registry: ModelRegistry, name: str | None) -> ModelVersion | None:
     """The version ``loop.rollback(name)`` would make champion, or None when it would change nothing.
 
-    Mirrors :meth:`ModelRegistry.rollback`'s choice, read-only, so the engine can load it first.
+    :meth:`ModelRegistry.rollback_target`, read-only, so the engine can load it first.
 
     Raises:
         NotFoundError: As :meth:`ModelRegistry.rollback`.
     """
-    current = registry.champion()
-    if name is None:
-        if current is None:
-            raise NotFoundError("no champion to roll back from")
-        became = next((h for h in reversed(current.history) if h.get("to_status") == "champion"), None)
-        if became is not None and became.get("action") == "rollback":
-            return None
-        name = next((h.get("prior_champion") for h in reversed(current.history)
-                     if h.get("to_status") == "champion" and h.get("prior_champion")), None)
-        if name is None:
-            raise NotFoundError(f"champion {current.name!r} has no earlier champion to roll back to")
-    target = registry.get(name)
+    target = registry.rollback_target(name)
     return None if target.is_champion else target
 
 

@@ -263,6 +263,28 @@ class ModelRegistry:
         return self._set_status(conn, name, VersionStatus.CHAMPION, "promote", reason, actor,
                                 evidence=evidence, prior=prior.name if prior else None)
 
+    def rollback_target(self, name: str | None = None, *, conn: Connection | None = None) -> ModelVersion:
+        """The version :meth:`rollback` would make champion (the current champion when it would change nothing).
+
+        ``name`` None: the champion before the current one, unless the current
+        champion itself came from a rollback (then the current champion).
+
+        Raises:
+            NotFoundError: Unknown version, or no earlier champion exists.
+        """
+        if name is None:
+            current = self.champion(conn=conn)
+            if current is None:
+                raise NotFoundError("no champion to roll back from")
+            became = next((h for h in reversed(current.history) if h.get("to_status") == "champion"), None)
+            if became is not None and became.get("action") == "rollback":
+                return current
+            name = next((h.get("prior_champion") for h in reversed(current.history)
+                         if h.get("to_status") == "champion" and h.get("prior_champion")), None)
+            if name is None:
+                raise NotFoundError(f"champion {current.name!r} has no earlier champion to roll back to")
+        return self.get(name, conn=conn)
+
     def rollback(self, name: str | None = None, *, reason: str = "manual rollback", actor: str = "operator",
                  conn: Connection | None = None) -> ModelVersion:
         """Restore ``name`` (default: the champion before the current one) as champion.
@@ -279,18 +301,7 @@ class ModelRegistry:
             with self.store.write() as c:
                 return self.rollback(name, reason=reason, actor=actor, conn=c)
         current = self.champion(conn=conn)
-        if name is None:
-            if current is None:
-                raise NotFoundError("no champion to roll back from")
-            became = next((h for h in reversed(current.history) if h.get("to_status") == "champion"), None)
-            if became is not None and became.get("action") == "rollback":
-                return current
-            prior = next((h.get("prior_champion") for h in reversed(current.history)
-                          if h.get("to_status") == "champion" and h.get("prior_champion")), None)
-            if prior is None:
-                raise NotFoundError(f"champion {current.name!r} has no earlier champion to roll back to")
-            name = prior
-        target = self.get(name, conn=conn)
+        target = self.rollback_target(name, conn=conn)
         if target.is_champion:
             return target
         if current is not None:
