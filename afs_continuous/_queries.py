@@ -157,45 +157,35 @@ def stage_counts(conn: Connection, gen: DataGeneratorConfig, after: datetime | N
 
 
 def usage_statistics(conn: Connection) -> dict[str, Any]:
-    """Aggregate statistics of the whole usage table (see ``UsageLogger.get_statistics``)."""
-    row = conn.execute(
-        select(
-            func.count(),
-            func.count(U.c.quality_score),
-            func.avg(U.c.quality_score),
-            func.avg(U.c.latency_ms),
-            func.min(U.c.created_at),
-            func.max(U.c.created_at),
-        ).select_from(U)
-    ).one()
-    total, n_scored, avg_q, avg_lat, first_at, last_at = row
-    # latest feedback per known record: the newest event of each record_id that has a record
-    latest_ids = select(func.max(F.c.id)).group_by(F.c.record_id)
-    fb_row = conn.execute(
-        select(
-            func.count(),
-            func.coalesce(func.sum(case((F.c.feedback > 0, 1), else_=0)), 0),
-            func.coalesce(func.sum(case((F.c.feedback < 0, 1), else_=0)), 0),
-        ).where(F.c.id.in_(latest_ids), F.c.record_id.in_(select(U.c.id)))
-    ).one()
-    with_fb, pos, neg = (int(x) for x in fb_row)
-    by_model = {m: int(n) for m, n in conn.execute(select(U.c.model, func.count()).group_by(U.c.model))}
+    """Aggregate statistics of every record (see ``UsageLogger.get_statistics``).
+
+    Read from the hourly rollups (:mod:`afs_continuous._rollups`), plus the first and last record
+    times from the ``created_at`` index: the cost does not grow with the number of records.
+    """
+    from ._rollups import totals
+
+    t = totals(conn)
+    first_at, last_at = conn.execute(select(func.min(U.c.created_at), func.max(U.c.created_at))).one()
+    total = int(t["calls"])
+    pos, neg = int(t["feedback_up"]), int(t["feedback_down"])
+    with_fb = pos + neg + int(t["feedback_neutral"])
     from .store import UTCDateTime  # local: the raw aggregates of min/max bypass the type on SQLite
 
     conv = UTCDateTime().process_result_value
     first = conv(_as_dt(first_at), None)
     last = conv(_as_dt(last_at), None)
+    n_scored, n_lat = int(t["n_quality"]), int(t["n_latency"])
     return {
-        "total": int(total),
+        "total": total,
         "with_feedback": with_fb,
         "positive_feedback": pos,
         "negative_feedback": neg,
         "feedback_rate": (with_fb / total) if total else 0.0,
         "positive_rate": (pos / with_fb) if with_fb else None,
-        "n_scored": int(n_scored),
-        "avg_quality_score": float(avg_q) if avg_q is not None else 0.0,  # 0.0 with n_scored == 0
-        "avg_latency_ms": float(avg_lat) if avg_lat is not None else None,
-        "by_model": by_model,
+        "n_scored": n_scored,
+        "avg_quality_score": float(t["quality_sum"]) / n_scored if n_scored else 0.0,  # 0.0 with n_scored == 0
+        "avg_latency_ms": float(t["latency_sum"]) / n_lat if n_lat else None,
+        "by_model": {m: int(f["calls"]) for m, f in t["by_model"].items() if f["calls"]},
         "first_at": first.isoformat() if first else None,
         "last_at": last.isoformat() if last else None,
     }

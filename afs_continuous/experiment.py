@@ -422,10 +422,14 @@ class ExperimentManager:
         if p is not None:
             min_p = p if min_p is None else min(min_p, p)
         ev.extra["min_p_value"] = min_p
+        from ._looks import record_look
+
+        evaluation = ev.to_dict()
         with self.store.write() as conn:
             conn.execute(update(E).where(E.c.id == exp.id).values(
-                last_evaluation_json=dumps(ev.to_dict()), min_p_value=min_p, n_looks=E.c.n_looks + 1,
+                last_evaluation_json=dumps(evaluation), min_p_value=min_p, n_looks=E.c.n_looks + 1,
             ))
+            record_look(conn, exp.id, evaluation)
 
     def conclude(self, exp: ExperimentInfo, decision: Decision, *, conn: Connection) -> None:
         """Mark ``exp`` ended with ``decision``."""

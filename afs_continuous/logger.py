@@ -49,6 +49,8 @@ from ._logger_process import before_fork as _before_fork
 from ._logger_process import close_at_exit as _close_at_exit
 from ._logger_process import install_sigterm_flush as _install_sigterm_flush
 from ._logger_process import reset_after_fork as _reset_after_fork
+from ._rollups import apply_batch as apply_rollups
+from ._rollups import lock as lock_rollups
 from ._conversation import encode_messages, validate_messages
 from ._text import clean_text
 from ._validate import unit_text as _unit_text
@@ -139,6 +141,10 @@ class UsageLogger:
         self._tally = DropTally()  # dropped but not yet counted in the store's writer_drops table
         self._tally_lock = threading.Lock()
         self._spool = SpoolFile(self.store.path) if self.store.path is not None else None
+        # Hourly rollups in the batch's transaction (status, report and dashboard read them). Only the
+        # logging benchmark turns this off, to measure their cost; a store written without them
+        # reports wrong figures until `afs-continuous db rebuild-rollups`.
+        self._rollups = True
         self._init_writer()
         ref = weakref.ref(self)
         atexit.register(_close_at_exit, ref)
@@ -495,10 +501,15 @@ class UsageLogger:
         else:
             fb_rows = [{"record_id": e[0], "feedback": e[1], "created_at": e[2], "comment": _clean(e[3])}
                        for e in events]
+        facts = [(r[0], r[1], r[4], r[5], r[6], r[13], r[14], r[15], r[16], r[17]) for r in records]
+        votes = [(e[0], e[1]) for e in events]
         delay = 0.01
         for attempt in range(_MAX_RETRIES):
             try:
                 with self._write_lock, self.store.write() as conn:
+                    if self._rollups:  # before the events are inserted: it reads the earlier votes
+                        lock_rollups(conn)
+                        apply_rollups(conn, facts, votes)
                     if rows and fast:
                         conn.exec_driver_sql(_SQLITE_INSERT_USAGE, rows)
                     elif rows:

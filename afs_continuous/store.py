@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import Boolean, Column, DateTime, Index, Integer, String, Text, TypeDecorator, event, false, text
+from sqlalchemy import Boolean, Column, Index, Integer, String, Text, event, false, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlmodel import Field, SQLModel, create_engine
@@ -43,6 +43,8 @@ from sqlmodel import Field, SQLModel, create_engine
 from ._io import make_private_dirs
 from ._store_errors import corruption_message, directory_message, display_url, is_corruption, open_error_message
 from ._alembic_log import quiet_alembic
+from ._telemetry_tables import ExperimentLook, UsageRollup
+from ._utc import UTCDateTime
 from .errors import SchemaVersionError, StoreError
 
 __all__ = [
@@ -57,6 +59,9 @@ __all__ = [
     "DaemonLease",
     "WriterDrop",
     "ServingEvent",
+    "UsageRollup",
+    "ExperimentLook",
+    "UTCDateTime",
     "schema_head",
     "display_url",
 ]
@@ -65,25 +70,6 @@ log = logging.getLogger("afs_continuous")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite stores naive UTC)."""
-
-    impl = DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r} cannot be stored; use timezone-aware UTC")
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def _ts(**kwargs: Any) -> Any:
@@ -637,7 +623,7 @@ def parse_dt(value: str | None) -> datetime | None:
 
 
 _TABLES = (UsageRecord, FeedbackEvent, ModelVersionRow, ExperimentRow, TrainingRunRow, TrainingSample, LoopState,
-           DaemonLease, WriterDrop, ServingEvent)
+           DaemonLease, WriterDrop, ServingEvent, UsageRollup, ExperimentLook)
 
 
 def schema_head() -> str:
