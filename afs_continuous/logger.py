@@ -29,10 +29,8 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import queue
 import threading
 import time
-import uuid
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from typing import Any, Mapping
 from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 
+from ._batch_queue import BatchQueue
 from ._drops import DropTally, SpoolFile, loud_error, store_problem, where
 from ._logger_process import LIVE as _LIVE
 from ._logger_process import after_fork_parent as _after_fork_parent
@@ -247,7 +246,7 @@ class UsageLogger:
                              f"got {fallback_from!r}")
         if self._closed:
             raise StoreError("this UsageLogger is closed; create a new one")
-        record_id = uuid.uuid4().hex
+        record_id = os.urandom(16).hex()  # 128 random bits, as uuid4 but 5x cheaper
         # Cap the texts here, not in the writer, so a huge response is not held
         # in the queue (memory stays bounded while the store is slow or locked).
         max_chars = self.config.max_text_chars
@@ -283,9 +282,11 @@ class UsageLogger:
                 event; capped at ``max_text_chars`` characters. Optional.
 
         Returns:
-            True if the record is known (logged by this logger or already in
-            the store); False if not (yet). The event is stored either way and
-            joins its record when that arrives.
+            True if this logger logged the record (one of its last 65,536);
+            False if the record is not known to this process (logged by
+            another worker or process, earlier, or not at all). The store is
+            never read here. The event is stored either way and joins its
+            record whenever that is (or was) stored.
 
         Raises:
             ValueError: ``feedback`` is not -1, 0 or 1, ``record_id`` is not a
@@ -306,10 +307,7 @@ class UsageLogger:
             self._write([], [event])
         else:
             self._enqueue(event)
-        if record_id in self._recent:
-            return True
-        with self.store.read() as conn:
-            return conn.execute(select(_USAGE.c.id).where(_USAGE.c.id == record_id)).first() is not None
+        return record_id in self._recent
 
     def flush(self, timeout_s: float | None = 30.0) -> bool:
         """Block until everything handed over so far is committed.
@@ -327,10 +325,7 @@ class UsageLogger:
                 return True
             self._start_writer()
         marker = _Flush(threading.Event())
-        try:
-            self._queue.put(marker, timeout=timeout_s)
-        except queue.Full:
-            return False
+        self._queue.put_control(marker)
         return marker.done.wait(timeout_s)
 
     def close(self, timeout_s: float | None = 30.0) -> bool:
@@ -349,7 +344,7 @@ class UsageLogger:
         self._closed = True
         thread = self._thread
         if thread is not None and thread.is_alive():
-            self._queue.put(None)
+            self._queue.put_control(None)
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if self._owns_store:
             self.store.dispose()
@@ -416,27 +411,24 @@ class UsageLogger:
     # ---- writer -----------------------------------------------------------------------
 
     def _init_writer(self) -> None:
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.config.queue_size)
+        self._queue = BatchQueue(self.config.queue_size)
         self._thread: threading.Thread | None = None
+        self._writer_running = False  # set before the writer starts, cleared when it ends (cheaper than is_alive())
         self._start_lock = threading.Lock()
         self._write_lock = threading.Lock()  # held during every write transaction, and across fork()
 
     def _start_writer(self) -> None:
         with self._start_lock:
             if self._thread is None or not self._thread.is_alive():
+                self._writer_running = True
                 self._thread = threading.Thread(target=self._run, name="afs-continuous-writer", daemon=True)
                 self._thread.start()
 
     def _enqueue(self, item: tuple[Any, ...]) -> None:
-        thread = self._thread
-        if thread is None or not thread.is_alive():
+        if not self._writer_running:
             self._start_writer()
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            try:
-                self._queue.put(item, timeout=self.config.enqueue_timeout_s)
-            except queue.Full:
+        if not self._queue.put_nowait(item):
+            if not self._queue.put(item, self.config.enqueue_timeout_s):
                 is_event = len(item) == _EVENT_LEN
                 self._count_drop(int(not is_event), int(is_event),
                                  f"the writer queue stayed full for {self.config.enqueue_timeout_s:g} s "
@@ -459,38 +451,34 @@ class UsageLogger:
     def _run(self) -> None:
         q = self._queue
         batch_size = self.config.batch_size
-        interval = self.config.flush_interval_s
-        while True:
-            item = q.get()
-            if item is None:
-                return
-            records: list[tuple[Any, ...]] = []
-            events: list[tuple[Any, ...]] = []
-            markers: list[_Flush] = []
-            stop = False
-            deadline = time.monotonic() + interval
+        # A batch gathers for at most half the flush interval after its first item (see
+        # _batch_queue), so that it is committed within flush_interval_s while the store keeps up:
+        # one transaction per batch, not per record (BEGIN, the rollups' reads and upsert, COMMIT).
+        linger = self.config.flush_interval_s / 2
+        try:
             while True:
-                if isinstance(item, _Flush):
-                    markers.append(item)
-                elif item is None:
-                    stop = True
-                    break
-                elif len(item) == _EVENT_LEN:
-                    events.append(item)
-                else:
-                    records.append(item)
-                if len(records) + len(events) >= batch_size or time.monotonic() >= deadline:
-                    break
-                try:
-                    item = q.get_nowait()
-                except queue.Empty:
-                    break
-            if records or events:
-                self._write(records, events)
-            for marker in markers:
-                marker.done.set()
-            if stop:
-                return
+                q.wait(linger, batch_size)
+                records: list[tuple[Any, ...]] = []
+                events: list[tuple[Any, ...]] = []
+                markers: list[_Flush] = []
+                stop = False
+                for item in q.take(batch_size):
+                    if item is None:
+                        stop = True
+                    elif type(item) is _Flush:
+                        markers.append(item)
+                    elif len(item) == _EVENT_LEN:
+                        events.append(item)
+                    else:
+                        records.append(item)
+                if records or events:
+                    self._write(records, events)
+                for marker in markers:
+                    marker.done.set()
+                if stop:
+                    return
+        finally:
+            self._writer_running = False
 
     def _write(self, records: list[tuple[Any, ...]], events: list[tuple[Any, ...]]) -> None:
         """Commit one batch in one transaction, retrying transient errors with backoff."""
@@ -607,7 +595,7 @@ def _sqlite_ts(value: datetime) -> str:
     """A UTC datetime in the text form SQLAlchemy's SQLite DateTime stores (naive UTC, microseconds)."""
     if value.utcoffset():
         value = value.astimezone(timezone.utc)
-    return f"{value:%Y-%m-%d %H:%M:%S.%f}"
+    return value.isoformat(" ", "microseconds")[:26]  # without the offset; several times faster than strftime
 
 
 def _record_row(r: tuple[Any, ...], sqlite: bool) -> Any:

@@ -5,7 +5,9 @@ The same service (``benchmarks/_service_app.py``: a trivial handler answering ea
 real AlpacaEval answer) runs without the SDK (``plain``) and with it (``sdk``: ``route``,
 ``log_usage`` and, for about half of the requests, ``record_feedback`` in a separate feedback
 request that may reach another worker), in alternating phases (plain, sdk, plain, sdk, ...), each a
-fresh gunicorn (``-k uvicorn.workers.UvicornWorker``, ``--workers`` workers) warmed up for
+fresh gunicorn (``-k uvicorn.workers.UvicornWorker``, ``--workers`` workers, ``--reuse-port``: one
+listening socket per worker, so the kernel spreads wrk's connections over the workers; with one
+shared socket the first worker to wake accepts most of them) warmed up for
 ``--warmup`` seconds, then loaded by ``wrk`` on loopback for ``--duration`` seconds
 (``benchmarks/service_load.lua``).
 
@@ -106,22 +108,22 @@ class Service:
         self.log = open(out / "gunicorn.log", "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", str(workers),
-             "-b", f"127.0.0.1:{self.port}", "--chdir", str(Path(__file__).parent), "--graceful-timeout", "120",
+             "-b", f"127.0.0.1:{self.port}", "--reuse-port", "--chdir", str(Path(__file__).parent), "--graceful-timeout", "120",
              "--log-level", "warning", "_service_app:app"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        answered: set[int] = set()
+        while time.monotonic() < deadline:  # until every worker answered (each connection lands on one)
             if self.proc.poll() is not None:
                 raise SystemExit(f"gunicorn exited ({self.proc.returncode}); see {out / 'gunicorn.log'}")
             try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2):
-                    pass
-                if len(worker_pids(self.proc.pid)) == workers:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
+                    answered.add(json.loads(resp.read())["pid"])
+                if len(answered) == workers:
                     return
             except OSError:
-                pass
-            time.sleep(0.2)
+                time.sleep(0.2)
         raise SystemExit("gunicorn did not answer within 120 s")
 
     def pids(self) -> list[int]:

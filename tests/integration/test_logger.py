@@ -136,7 +136,7 @@ def test_feedback_from_another_logger_before_the_record_is_committed(db: Path, c
     try:
         holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock: A's writer waits
         rid = a.log("Explain WAL mode", "Readers never block writers...", "m", quality_score=0.9)
-        assert b.record_feedback(rid, feedback=1) is False  # not in the store yet, stored anyway
+        assert b.record_feedback(rid, feedback=1) is False  # not logged by B; stored anyway
     finally:
         holder.execute("COMMIT")
         holder.close()
@@ -144,8 +144,10 @@ def test_feedback_from_another_logger_before_the_record_is_committed(db: Path, c
     rec = a.get_records()[0]
     assert (rec["id"], rec["feedback"]) == (rid, 1)
     assert a.get_statistics()["positive_feedback"] == 1
-    # and B sees A's committed record as known now
-    assert b.record_feedback(rid, feedback=1) is True
+    # record_feedback never reads the store: A's record stays unknown to B (False), and the vote still joins it
+    assert b.record_feedback(rid, feedback=-1) is False
+    assert b.flush(timeout_s=30)
+    assert a.get_records()[0]["feedback"] == -1
     a.close()
     b.close()
 
@@ -155,7 +157,7 @@ def test_feedback_for_a_record_of_another_logger_instance(db: Path, clock: Manua
     rid = a.log("q", "r", "m")
     a.close()
     b = UsageLogger(db, clock=clock, durability="sync")
-    assert b.record_feedback(rid, -1) is True
+    assert b.record_feedback(rid, -1) is False  # not logged by this logger (the store is not read); stored
     assert b.get_records()[0]["feedback"] == -1
     assert b.record_feedback("0" * 32, 1) is False  # unknown id: kept as an event, not an error
     stats = b.get_statistics()
