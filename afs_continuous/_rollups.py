@@ -308,7 +308,7 @@ def rebuild(conn: Connection, *, chunk: int = 20_000) -> int:
     stmt = select(U.c.created_at, U.c.model, U.c.experiment_id, U.c.arm, U.c.latency_ms, U.c.quality_score,
                   U.c.prompt_tokens, U.c.completion_tokens, U.c.fallback_from, latest_feedback())
     n = 0
-    result = conn.execution_options(stream_results=True, yield_per=chunk).execute(stmt)
+    result = conn.execute(stmt.execution_options(stream_results=True, yield_per=chunk))  # this statement only
     for at, model, exp, arm, lat, q, p_tok, c_tok, fallback, vote in result:
         key = _key(at, model, exp, arm)
         a = acc.get(key)
