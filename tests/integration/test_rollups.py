@@ -290,3 +290,25 @@ def test_the_migration_builds_rollups_for_an_existing_store(store_url) -> None:
         assert assert_rollups_equal_raw(store) == 300
     finally:
         store.dispose()
+
+
+def test_db_rebuild_rollups_recomputes_them_from_the_records(tmp_path: Path) -> None:
+    db = tmp_path / "usage.db"
+    rng = random.Random(5)
+    clock = ManualClock(START)
+    with UsageLogger(db, clock=clock) as logger:
+        ids = [_random_log(rng, logger) for _ in range(200)]
+        for rid in ids[::3]:
+            logger.record_feedback(rid, 1)
+    store = Store(str(db))
+    with store.write() as conn:  # records written around the SDK: the rollups do not know them
+        conn.execute(_rollups.R.delete())
+    proc = subprocess.run([sys.executable, "-m", "afs_continuous.cli", "db", "rebuild-rollups", "--db", str(db)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "rollups rebuilt from 200 records"
+    try:
+        assert assert_rollups_equal_raw(store) == 200
+    finally:
+        store.dispose()
