@@ -430,7 +430,7 @@ def report(run_id: int, output: str | None, config_path: str | None, db: str | N
 
 @main.group()
 def db() -> None:
-    """Schema of the store: current revision, upgrade in place."""
+    """Schema of the store: current revision, upgrade in place, rebuild the rollups."""
 
 
 @db.command("current")
@@ -467,6 +467,32 @@ def db_upgrade(config_path: str | None, db: str | None) -> None:
     except AfsContinuousError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"schema {before or 'empty'} -> {after}" if before != after else f"schema already at {after}")
+
+
+@db.command("rebuild-rollups")
+@_config_option
+@_db_option
+def db_rebuild_rollups(config_path: str | None, db: str | None) -> None:
+    """Recompute the hourly rollups from the raw records (after loading records around the SDK).
+
+    Reads every record once, in one write transaction (writers wait meanwhile). Rollup hours whose
+    records retention has deleted are lost: the rebuild knows only the records still stored.
+    """
+    from ._rollups import rebuild
+    from .store import Store
+
+    config = _load(config_path, db)
+    _require_store(config)
+    try:
+        store = Store(config.store_url, verify=True)
+        try:
+            with store.write() as conn:
+                n = rebuild(conn)
+        finally:
+            store.dispose()
+    except AfsContinuousError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"rollups rebuilt from {n} records")
 
 
 def _upgrade(url: str) -> tuple[str | None, str]:
