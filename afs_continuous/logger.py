@@ -32,15 +32,16 @@ import os
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Mapping
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 
+from . import _rows
 from ._batch_queue import BatchQueue
+from ._recent_ids import RecentIds
 from ._drops import DropTally, SpoolFile, loud_error, store_problem, where
 from ._logger_process import LIVE as _LIVE
 from ._logger_process import after_fork_parent as _after_fork_parent
@@ -50,8 +51,7 @@ from ._logger_process import install_sigterm_flush as _install_sigterm_flush
 from ._logger_process import reset_after_fork as _reset_after_fork
 from ._rollups import apply_batch as apply_rollups
 from ._rollups import lock as lock_rollups
-from ._conversation import encode_messages, validate_messages
-from ._text import clean_text
+from ._conversation import validate_messages
 from ._validate import unit_text as _unit_text
 from ._validate import validate_feedback, validate_latency, validate_metadata, validate_quality, validate_tokens
 from .clock import Clock, utc_now
@@ -67,7 +67,6 @@ log = logging.getLogger("afs_continuous")
 _USAGE = UsageRecord.__table__  # type: ignore[attr-defined]
 _DROPS = WriterDrop.__table__  # type: ignore[attr-defined]
 _FEEDBACK = FeedbackEvent.__table__  # type: ignore[attr-defined]
-_RECENT_IDS = 65_536
 _MAX_RETRIES = 8
 
 
@@ -126,7 +125,7 @@ class UsageLogger:
             self.config = self.config.model_copy(update={"durability": Durability(durability)})
         self.clock = clock
         self._sync = self.config.durability == Durability.SYNC
-        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._recent = RecentIds()  # for record_feedback's answer
         self._closed = False
         self.n_logged = 0
         self.n_feedback = 0
@@ -261,10 +260,7 @@ class UsageLogger:
                     capped = True
         row = (record_id, self.clock(), query, response, model, latency, quality,
                unit, meta, q_len, r_len, pairs, capped, experiment_id, arm, p_tok, c_tok, fallback_from)
-        recent = self._recent
-        recent[record_id] = None
-        if len(recent) > _RECENT_IDS:
-            recent.popitem(last=False)
+        self._recent.add(record_id)
         self.n_logged += 1
         if self._sync:
             self._write([row], [])
@@ -282,11 +278,12 @@ class UsageLogger:
                 event; capped at ``max_text_chars`` characters. Optional.
 
         Returns:
-            True if this logger logged the record (one of its last 65,536);
-            False if the record is not known to this process (logged by
-            another worker or process, earlier, or not at all). The store is
-            never read here. The event is stored either way and joins its
-            record whenever that is (or was) stored.
+            True if this logger logged the record recently (among its last
+            16,384 records at least); False if the record is not known to
+            this process (logged by another worker or process, earlier, or
+            not at all). The store is never read here, so the call costs the
+            same wherever the record was logged. The event is stored either
+            way and joins its record whenever that is (or was) stored.
 
         Raises:
             ValueError: ``feedback`` is not -1, 0 or 1, ``record_id`` is not a
@@ -429,7 +426,7 @@ class UsageLogger:
             self._start_writer()
         if not self._queue.put_nowait(item):
             if not self._queue.put(item, self.config.enqueue_timeout_s):
-                is_event = len(item) == _EVENT_LEN
+                is_event = len(item) == _rows.EVENT_LEN
                 self._count_drop(int(not is_event), int(is_event),
                                  f"the writer queue stayed full for {self.config.enqueue_timeout_s:g} s "
                                  "(the store is slower than the traffic, or locked)")
@@ -467,7 +464,7 @@ class UsageLogger:
                         stop = True
                     elif type(item) is _Flush:
                         markers.append(item)
-                    elif len(item) == _EVENT_LEN:
+                    elif len(item) == _rows.EVENT_LEN:
                         events.append(item)
                     else:
                         records.append(item)
@@ -483,11 +480,11 @@ class UsageLogger:
     def _write(self, records: list[tuple[Any, ...]], events: list[tuple[Any, ...]]) -> None:
         """Commit one batch in one transaction, retrying transient errors with backoff."""
         fast = self.store.is_sqlite
-        rows = [_record_row(r, fast) for r in records]
+        rows = [_rows.record_row(r, fast) for r in records]
         if fast:  # the driver's executemany with tuples: no per-row ORM/Core processing on the hot writer
-            fb_rows: list[Any] = [(e[0], e[1], _sqlite_ts(e[2]), _clean(e[3])) for e in events]
+            fb_rows: list[Any] = [(e[0], e[1], _rows.sqlite_ts(e[2]), _rows.clean(e[3])) for e in events]
         else:
-            fb_rows = [{"record_id": e[0], "feedback": e[1], "created_at": e[2], "comment": _clean(e[3])}
+            fb_rows = [{"record_id": e[0], "feedback": e[1], "created_at": e[2], "comment": _rows.clean(e[3])}
                        for e in events]
         facts = [(r[0], r[1], r[4], r[5], r[6], r[13], r[14], r[15], r[16], r[17]) for r in records]
         votes = [(e[0], e[1]) for e in events]
@@ -499,11 +496,11 @@ class UsageLogger:
                         lock_rollups(conn)
                         apply_rollups(conn, facts, votes)
                     if rows and fast:
-                        conn.exec_driver_sql(_SQLITE_INSERT_USAGE, rows)
+                        conn.exec_driver_sql(_rows.SQLITE_INSERT_USAGE, rows)
                     elif rows:
                         conn.execute(insert(_USAGE), rows)
                     if fb_rows and fast:
-                        conn.exec_driver_sql(_SQLITE_INSERT_FEEDBACK, fb_rows)
+                        conn.exec_driver_sql(_rows.SQLITE_INSERT_FEEDBACK, fb_rows)
                     elif fb_rows:
                         conn.execute(insert(_FEEDBACK), fb_rows)
                 self.n_committed += len(rows)
@@ -576,37 +573,3 @@ class UsageLogger:
         reason = "" if lost else f" (last reason: {tally.reason})"
         loud_error("afs_continuous %sstore %s; in all %d records and %d feedback events dropped by this process were "
                    "never written%s; %s", lost, where(self.store), tally.n_records, tally.n_feedback, reason, counted)
-
-
-_USAGE_COLUMNS = ("id", "created_at", "query", "response", "model", "latency_ms", "quality_score", "unit_id",
-                  "metadata_json", "content_hash", "truncated", "query_chars", "response_chars", "messages_json",
-                  "experiment_id", "arm", "prompt_tokens", "completion_tokens", "fallback_from")
-_SQLITE_INSERT_USAGE = (f"INSERT INTO usage_records ({', '.join(_USAGE_COLUMNS)}) "
-                        f"VALUES ({', '.join('?' * len(_USAGE_COLUMNS))})")
-_SQLITE_INSERT_FEEDBACK = "INSERT INTO feedback_events (record_id, feedback, created_at, comment) VALUES (?, ?, ?, ?)"
-_EVENT_LEN = 4  # a feedback event in the queue: (record_id, feedback, created_at, comment); a record is longer
-
-
-def _clean(text: str | None) -> str | None:
-    return None if text is None else clean_text(text)
-
-
-def _sqlite_ts(value: datetime) -> str:
-    """A UTC datetime in the text form SQLAlchemy's SQLite DateTime stores (naive UTC, microseconds)."""
-    if value.utcoffset():
-        value = value.astimezone(timezone.utc)
-    return value.isoformat(" ", "microseconds")[:26]  # without the offset; several times faster than strftime
-
-
-def _record_row(r: tuple[Any, ...], sqlite: bool) -> Any:
-    """The row of a record tuple built by ``log()`` (texts already capped; original lengths kept):
-    a tuple in ``_USAGE_COLUMNS`` order for SQLite's fast path, else a dict for SQLAlchemy Core."""
-    (record_id, created_at, query, response, model, latency, quality, unit_id, meta, q_len, r_len, pairs, capped,
-     experiment_id, arm, p_tok, c_tok, fallback_from) = r
-    truncated = q_len > len(query) or r_len > len(response) or capped
-    query, response = clean_text(query), clean_text(response)
-    messages_json = None if pairs is None else clean_text(encode_messages(pairs))
-    values = (record_id, _sqlite_ts(created_at) if sqlite else created_at, query, response, model, latency, quality,
-              unit_id, meta, None, int(truncated) if sqlite else truncated, q_len, r_len, messages_json,
-              experiment_id, arm, p_tok, c_tok, fallback_from)
-    return values if sqlite else dict(zip(_USAGE_COLUMNS, values))

@@ -43,6 +43,7 @@ from sqlmodel import Field, SQLModel, create_engine
 from ._io import make_private_dirs
 from ._store_errors import corruption_message, directory_message, display_url, is_corruption, open_error_message
 from ._alembic_log import quiet_alembic
+from ._schema_head import at_head
 from ._telemetry_tables import ExperimentLook, UsageRollup
 from ._utc import UTCDateTime
 from .errors import SchemaVersionError, StoreError
@@ -453,6 +454,8 @@ class Store:
         SQLite: inside one ``BEGIN IMMEDIATE`` transaction (DDL is transactional);
         PostgreSQL: under ``pg_advisory_xact_lock``.
         """
+        if at_head(self.engine):  # the usual case, answered without importing Alembic
+            return
         from alembic import command
         from alembic.script import ScriptDirectory
 
