@@ -339,6 +339,10 @@ class LoggerConfig(_Config):
     max_text_chars: StrictInt = Field(
         200_000, ge=1, description="Longer queries/responses are stored truncated (flagged, original length kept) and never used for training."
     )
+    redact_fn: str | None = Field(
+        None, description="Import path 'module:function' or 'path/to/file.py:function' of a redact_fn(text) -> text applied to every "
+        "query, response, conversation turn and feedback comment before it is queued (e.g. 'afs_continuous.redact:basic'; None: stored as given)."
+    )
 
 
 class TrainingConfig(_Config):

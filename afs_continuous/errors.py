@@ -15,6 +15,7 @@ __all__ = [
     "NotFoundError",
     "SchemaVersionError",
     "TrainingError",
+    "RedactionError",
 ]
 
 
@@ -40,3 +41,7 @@ class SchemaVersionError(StoreError):
 
 class TrainingError(AfsContinuousError):
     """A training function failed or returned an unusable result."""
+
+
+class RedactionError(AfsContinuousError, ValueError):
+    """The configured ``redact_fn`` raised or returned something other than a str; nothing was stored."""

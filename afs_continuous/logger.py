@@ -42,6 +42,8 @@ from sqlalchemy.exc import OperationalError
 from . import _rows
 from ._batch_queue import BatchQueue
 from ._recent_ids import RecentIds
+from ._redaction import RedactFn, redact, redact_call
+from ._redaction import resolve as resolve_redact_fn
 from ._drops import DropTally, SpoolFile, loud_error, store_problem, where
 from ._logger_process import LIVE as _LIVE
 from ._logger_process import after_fork_parent as _after_fork_parent
@@ -94,9 +96,15 @@ class UsageLogger:
         config: Writer settings; see :class:`~afs_continuous.config.LoggerConfig`.
         clock: Callable returning the current timezone-aware UTC datetime.
         durability: Shortcut overriding ``config.durability`` (``"async"`` or ``"sync"``).
+        redact_fn: ``redact_fn(text) -> text`` applied to every query, response,
+            conversation turn and feedback comment before it is queued (e.g.
+            :func:`afs_continuous.redact.basic`); overrides ``config.redact_fn``
+            (an import path). None: the configuration's, else no redaction.
 
     Raises:
         StoreError: The store cannot be opened (the message names the path).
+        ConfigError: ``config.redact_fn`` cannot be imported.
+        ValueError: ``redact_fn`` is not callable.
 
     Example:
         >>> import tempfile, os
@@ -117,7 +125,9 @@ class UsageLogger:
         config: LoggerConfig | None = None,
         clock: Clock = utc_now,
         durability: str | Durability | None = None,
+        redact_fn: RedactFn | None = None,
     ) -> None:
+        self._redact = resolve_redact_fn(redact_fn, (config or LoggerConfig()).redact_fn)  # before opening the store
         self._owns_store = not isinstance(db_path, Store)  # close() closes the connections of a store it opened
         self.store = db_path if isinstance(db_path, Store) else Store(str(db_path))
         self.config = config if config is not None else LoggerConfig()
@@ -174,6 +184,9 @@ class UsageLogger:
     ) -> str:
         """Record one model call: a prompt (``query=``) or a whole conversation (``messages=``).
 
+        With a ``redact_fn``, every text (query, response, each turn) goes through it before
+        the record is queued (see :mod:`afs_continuous._redaction`).
+
         Args:
             query: The user's prompt (str; UTF-8 bytes are decoded). Exactly one of
                 ``query`` and ``messages``.
@@ -208,6 +221,9 @@ class UsageLogger:
             ValueError: An argument is invalid (the message names it, for
                 ``messages`` the entry, e.g. ``messages[2].role``, and for
                 ``metadata`` the offending key path); nothing is stored.
+            RedactionError: The ``redact_fn`` raised or returned a non-str (a
+                ``ValueError``; the message names the function and the field,
+                e.g. ``messages[1].content``); nothing is stored.
             StoreError: The logger was closed, or (``sync`` durability only) the
                 commit failed after its retries (disk full, store damaged or
                 unreachable); the record is not stored and is counted as dropped.
@@ -245,6 +261,8 @@ class UsageLogger:
                              f"got {fallback_from!r}")
         if self._closed:
             raise StoreError("this UsageLogger is closed; create a new one")
+        if self._redact is not None:  # before anything is queued: the store never sees the original
+            query, response, pairs = redact_call(self._redact, query, response, pairs)
         record_id = os.urandom(16).hex()  # 128 random bits, as uuid4 but 5x cheaper
         # Cap the texts here, not in the writer, so a huge response is not held
         # in the queue (memory stays bounded while the store is slow or locked).
@@ -275,7 +293,8 @@ class UsageLogger:
             record_id: Id returned by :meth:`log` (from any process).
             feedback: 1 = good, -1 = bad, 0 = neutral.
             comment: The user's free-text feedback (str), stored with the
-                event; capped at ``max_text_chars`` characters. Optional.
+                event (through ``redact_fn`` when one is set); capped at
+                ``max_text_chars`` characters. Optional.
 
         Returns:
             True if this logger logged the record recently (among its last
@@ -288,6 +307,8 @@ class UsageLogger:
         Raises:
             ValueError: ``feedback`` is not -1, 0 or 1, ``record_id`` is not a
                 str, or ``comment`` is neither None nor a str.
+            RedactionError: The ``redact_fn`` failed on the comment (a
+                ``ValueError``); nothing is stored.
         """
         value = validate_feedback(feedback)
         if not isinstance(record_id, str) or not record_id:
@@ -295,6 +316,8 @@ class UsageLogger:
         if comment is not None:
             if not isinstance(comment, str):
                 raise ValueError(f"comment must be None or a str (the user's words), got {type(comment).__name__}")
+            if self._redact is not None:
+                comment = redact(self._redact, comment, "comment")
             comment = comment[: self.config.max_text_chars]
         if self._closed:
             raise StoreError("this UsageLogger is closed; create a new one")

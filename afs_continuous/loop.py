@@ -84,9 +84,12 @@ class ContinuousLearningLoop(OperatorActions):
             (:meth:`Store.quick_check`, reads the whole file: about 1 s per GB).
             The daemon and the operator commands do; workers need not (damage
             is reported as :class:`StoreError` by the first statement that hits it).
+        redact_fn: ``redact_fn(text) -> text`` for every logged text and feedback comment, before
+            it is queued (default: ``logger_config.redact_fn``; see :class:`UsageLogger`).
 
     Raises:
         StoreError: The store cannot be opened, or (``verify_store``) is damaged.
+        ConfigError: ``logger_config.redact_fn`` cannot be imported.
 
     Example:
         >>> import tempfile, os
@@ -103,7 +106,7 @@ class ContinuousLearningLoop(OperatorActions):
 
     def __init__(self, config: LoopConfig | None = None, *, clock: Clock = utc_now,
                  train_fn: TrainFn | None = None, eval_fn: EvalFn | None = None,
-                 verify_store: bool = False) -> None:
+                 verify_store: bool = False, redact_fn: Callable[[str], str] | None = None) -> None:
         self.config = config if config is not None else LoopConfig()
         self.clock = clock
         self.train_fn = train_fn
@@ -111,7 +114,7 @@ class ContinuousLearningLoop(OperatorActions):
         self._config_train_fn: tuple[TrainFn | None] | None = None  # resolved from the config at first use
         cfg = self.config
         self.store = Store(cfg.store_url, verify=verify_store)
-        self.logger = UsageLogger(self.store, config=cfg.logger_config, clock=clock)
+        self.logger = UsageLogger(self.store, config=cfg.logger_config, clock=clock, redact_fn=redact_fn)
         self.registry = ModelRegistry(self.store, clock=clock)
         self.experiments = ExperimentManager(self.store, cfg.ab_test_config, clock=clock)
         self.triggers = TriggerChecker(self.store, cfg.trigger_config, cfg.generator_config, clock=clock)
