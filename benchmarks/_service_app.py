@@ -16,7 +16,9 @@ writer committed or dropped, so that the benchmark can compare the store with wh
 
 Environment: ``AFS_BENCH_MODE``, ``AFS_BENCH_DATA`` (a ``.jsonl.gz`` of AlpacaEval rows),
 ``AFS_BENCH_DB`` (the store's SQLAlchemy URL), ``AFS_BENCH_OUT`` (a folder),
-``AFS_BENCH_REDACT`` (optional: ``module:function`` of a redactor, set as ``logger_config.redact_fn``).
+``AFS_BENCH_REDACT`` (optional: ``module:function`` of a redactor, set as ``logger_config.redact_fn``),
+``AFS_BENCH_NO_ROLLUPS`` (optional, diagnostic: the writer skips the hourly rollups, as
+``bench_logging.py`` does to measure their cost; such a store reports wrong usage figures).
 """
 
 from __future__ import annotations
@@ -63,7 +65,10 @@ def _open_loop() -> Any:
     if os.environ.get("AFS_BENCH_REDACT"):
         logger_config["redact_fn"] = os.environ["AFS_BENCH_REDACT"]
     config = LoopConfig(database_url=os.environ["AFS_BENCH_DB"], data_dir=OUT, logger_config=logger_config)
-    return ContinuousLearningLoop(config)
+    loop = ContinuousLearningLoop(config)
+    if os.environ.get("AFS_BENCH_NO_ROLLUPS"):  # diagnostic only: what the hourly rollups cost the writer
+        loop.logger._rollups = False
+    return loop
 
 
 @asynccontextmanager

@@ -27,7 +27,8 @@ Usage:
 
 ``--sustain S``: one plain and one sdk phase of S seconds each, sampling every worker's RSS every
 ``S/12`` seconds (does memory level off?). ``--redact``: the sdk phases redact with
-``afs_continuous.redact:basic`` (``logger_config.redact_fn``). Needs ``gunicorn`` and ``wrk``.
+``afs_continuous.redact:basic`` (``logger_config.redact_fn``). ``--no-rollups`` (diagnostic): the
+sdk writer skips the hourly rollups, to measure their share. Needs ``gunicorn`` and ``wrk``.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def cpu_s(pid: int) -> float:
 class Service:
     """One gunicorn master with its uvicorn workers."""
 
-    def __init__(self, mode: str, workers: int, db_url: str | None, data: Path, out: Path, redact: str | None):
+    def __init__(self, mode: str, workers: int, db_url: str | None, data: Path, out: Path, redact: str | None,
+                 no_rollups: bool = False):
         self.port = free_port()
         env = {**os.environ, "AFS_BENCH_MODE": mode, "AFS_BENCH_DATA": str(data), "AFS_BENCH_OUT": str(out),
                "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -105,6 +107,8 @@ class Service:
             env["AFS_BENCH_DB"] = db_url
         if redact:
             env["AFS_BENCH_REDACT"] = redact
+        if no_rollups:
+            env["AFS_BENCH_NO_ROLLUPS"] = "1"
         self.log = open(out / "gunicorn.log", "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", str(workers),
@@ -249,7 +253,7 @@ def run_phase(args: argparse.Namespace, mode: str, name: str, work: Path, backen
     url = backend.new(name) if mode == "sdk" else None
     if url is not None:
         prepare_store(url)
-    svc = Service(mode, args.workers, url, data, out, args.redact_fn if mode == "sdk" else None)
+    svc = Service(mode, args.workers, url, data, out, args.redact_fn if mode == "sdk" else None, args.no_rollups)
     series: list[tuple[float, list[float]]] = []
     try:
         if args.warmup > 0:
@@ -303,6 +307,8 @@ def main() -> None:
     ap.add_argument("--feedback", type=float, default=0.5, help="fraction of requests that are feedback")
     ap.add_argument("--database-url", help="PostgreSQL base URL (a fresh schema per phase); default: SQLite files")
     ap.add_argument("--redact", action="store_true", help="sdk phases redact with afs_continuous.redact:basic")
+    ap.add_argument("--no-rollups", action="store_true",
+                    help="diagnostic: the sdk writer skips the hourly rollups (to measure their share of the cost)")
     ap.add_argument("--sustain", type=float, default=0.0,
                     help="instead: one plain and one sdk phase of this many seconds, sampling RSS")
     ap.add_argument("--data", default=str(DATA_DIR / "FuseChat-Llama-3.1-8B-Instruct.jsonl.gz"),
@@ -321,7 +327,8 @@ def main() -> None:
     store_name = "PostgreSQL" if args.database_url else "SQLite"
     print(f"# service benchmark: {args.workers} uvicorn workers under gunicorn, wrk -t{args.threads} "
           f"-c{args.connections}, {store_name}, feedback fraction {args.feedback}"
-          f"{', redact_fn ' + args.redact_fn if args.redact else ''}; {os.cpu_count()} CPUs", flush=True)
+          f"{', redact_fn ' + args.redact_fn if args.redact else ''}{', ROLLUPS OFF' if args.no_rollups else ''}; "
+          f"{os.cpu_count()} CPUs", flush=True)
     results = []
     try:
         if args.sustain:
