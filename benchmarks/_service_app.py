@@ -23,6 +23,7 @@ Environment: ``AFS_BENCH_MODE``, ``AFS_BENCH_DATA`` (a ``.jsonl.gz`` of AlpacaEv
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import os
@@ -44,6 +45,18 @@ QUALITY = [float(r["preference"]) - 1.0 for r in _ROWS]
 del _ROWS
 
 loop: Any = None
+_gc = {"s": 0.0, "n": [0, 0, 0], "t0": 0.0}  # time in the garbage collector (measured, not tuned)
+
+
+def _gc_timer(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _gc["t0"] = time.perf_counter()
+    else:
+        _gc["s"] += time.perf_counter() - _gc["t0"]
+        _gc["n"][info["generation"]] += 1
+
+
+gc.callbacks.append(_gc_timer)
 
 
 class ChatRequest(BaseModel):
@@ -77,7 +90,8 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     if MODE == "sdk":
         loop = _open_loop()
     yield
-    report: dict[str, Any] = {"pid": os.getpid(), "mode": MODE}
+    report: dict[str, Any] = {"pid": os.getpid(), "mode": MODE, "gc_s": _gc["s"], "gc_collections": _gc["n"],
+                              "gc_objects": len(gc.get_objects())}
     if loop is not None:
         loop.close()
         report.update(loop.logger.writer_stats())

@@ -4,22 +4,24 @@
 The same service (``benchmarks/_service_app.py``: a trivial handler answering each prompt with a
 real AlpacaEval answer) runs without the SDK (``plain``) and with it (``sdk``: ``route``,
 ``log_usage`` and, for about half of the requests, ``record_feedback`` in a separate feedback
-request that may reach another worker), in alternating phases (plain, sdk, plain, sdk, ...), each a
-fresh gunicorn (``-k uvicorn.workers.UvicornWorker``, ``--workers`` workers, ``--reuse-port``: one
-listening socket per worker, so the kernel spreads wrk's connections over the workers; with one
-shared socket the first worker to wake accepts most of them) warmed up for
-``--warmup`` seconds, then loaded by ``wrk`` on loopback for ``--duration`` seconds
-(``benchmarks/service_load.lua``).
+request that may reach another worker). Both run at once, each a gunicorn with ``--workers``
+uvicorn workers (``-k uvicorn.workers.UvicornWorker``, ``--reuse-port``: one listening socket per
+worker, so the kernel spreads wrk's connections over the workers; with one shared socket the first
+worker to wake accepts most of them), warmed up for ``--warmup`` seconds; then ``wrk`` on loopback
+(``benchmarks/service_load.lua``) loads them in turn, ``--duration`` seconds each (plain, sdk,
+plain, sdk, ... for ``--rounds`` rounds) while the other waits idle, so both see the same
+machine; on a shared machine the median of the per-round ratios is the figure to read.
 
 Per phase it prints requests/s, latency p50/p99 (wrk, all requests), the workers' CPU time per
-request (user + system over the measured window, writer thread included: less noisy than the
-throughput on a shared machine) and each worker's resident memory (``VmRSS`` of
-``/proc/PID/status`` at the end of the phase); then the ratios sdk / plain.
+request (user + system over the phase, all threads; in brackets the threads other than the event
+loop's, i.e. the SDK's writer: less noisy than the throughput on a shared machine) and each
+worker's resident memory (``VmRSS`` of ``/proc/PID/status`` at the end of the phase); then the
+ratios sdk / plain.
 
 Zero loss is checked, not assumed: every record id and every feedback token that wrk received in a
 200 response is looked up in the store (each exactly once), and the store holds exactly what the
 workers accepted (records and feedback events, from each worker's exit report), with no drop.
-A fresh store per SDK phase: a SQLite file, or a fresh PostgreSQL schema (dropped afterwards).
+A fresh store per run: a SQLite file, or a fresh PostgreSQL schema (dropped afterwards).
 
 Usage:
     python benchmarks/bench_service.py [--duration 10] [--rounds 2] [--workers 4] [--redact]
@@ -89,10 +91,18 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
+def cpu_s(pid: int, tid: int | None = None) -> float:
+    """CPU seconds (user + system) of a process (all its threads), or of one of its threads."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path) as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK  # utime + stime, all threads
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(all threads, main threads) CPU seconds of the workers: the main thread runs the event loop
+    and the handlers (route, log_usage, record_feedback); the other threads are the SDK's writer."""
+    return sum(cpu_s(p) for p in pids), sum(cpu_s(p, p) for p in pids)
 
 
 class Service:
@@ -246,54 +256,70 @@ class Backend:
         engine.dispose()
 
 
-def run_phase(args: argparse.Namespace, mode: str, name: str, work: Path, backend: Backend, data: Path,
-              seconds: float, every: float = 0.0) -> dict[str, Any]:
-    out = work / name
-    out.mkdir()
-    url = backend.new(name) if mode == "sdk" else None
-    if url is not None:
-        prepare_store(url)
-    svc = Service(mode, args.workers, url, data, out, args.redact_fn if mode == "sdk" else None, args.no_rollups)
+def measure(args: argparse.Namespace, svc: Service, mode: str, name: str, seconds: float, work: Path, out: Path,
+            every: float = 0.0) -> dict[str, Any]:
+    """One measured phase: wrk against ``svc`` for ``seconds``; CPU of its workers over the phase, RSS at its end."""
+    pids = svc.pids()
     series: list[tuple[float, list[float]]] = []
+    cpu0, main0 = cpu_split(pids)
+    t0 = time.monotonic()
+
+    def sample() -> None:
+        series.append((time.monotonic() - t0, [rss_mb(p) for p in pids]))
+
+    wrk = run_wrk(args, svc.url, seconds, name, work, out, sample if every else None, every)
+    cpu1, main1 = cpu_split(pids)
+    cpu, main_cpu = cpu1 - cpu0, main1 - main0
+    rss = [rss_mb(p) for p in pids]
+    if svc.pids() != pids:
+        raise SystemExit(f"{name}: a worker was restarted during the phase; see {out / 'gunicorn.log'}")
+    n = max(1, wrk["requests"])
+    return {"mode": mode, "name": name, "rps": wrk["requests"] / (wrk["duration_us"] / 1e6),
+            "p50_ms": wrk["p50_us"] / 1000.0, "p99_ms": wrk["p99_us"] / 1000.0, "requests": wrk["requests"],
+            "cpu_us_per_request": cpu / n * 1e6, "other_threads_us_per_request": (cpu - main_cpu) / n * 1e6,
+            "rss_mb": rss, "errors": sum(wrk["errors"].values()), "series": series}
+
+
+def run(args: argparse.Namespace, work: Path, backend: Backend, data: Path,
+        plan: list[tuple[str, str, float]], every: float = 0.0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Start both services (each warmed up), run the phases of ``plan`` in order against them (the
+    idle one waits), stop both, then check the store against the acknowledgements."""
+    outs = {mode: work / mode for mode in ("plain", "sdk")}
+    for out in outs.values():
+        out.mkdir()
+    url = backend.new("sdk")
+    prepare_store(url)
+    services: dict[str, Service] = {}
+    results = []
     try:
-        if args.warmup > 0:
-            run_wrk(args, svc.url, args.warmup, "w", work, out)
-        pids = svc.pids()
-        cpu0 = sum(cpu_s(p) for p in pids)
-        t0 = time.monotonic()
-
-        def sample() -> None:
-            series.append((time.monotonic() - t0, [rss_mb(p) for p in pids]))
-
-        wrk = run_wrk(args, svc.url, seconds, "m", work, out, sample if every else None, every)
-        cpu = sum(cpu_s(p) for p in pids) - cpu0
-        rss = [rss_mb(p) for p in pids]
-        if svc.pids() != pids:
-            raise SystemExit(f"{name}: a worker was restarted during the phase; see {out / 'gunicorn.log'}")
+        for mode, out in outs.items():
+            services[mode] = Service(mode, args.workers, url if mode == "sdk" else None, data, out,
+                                     args.redact_fn if mode == "sdk" else None, args.no_rollups)
+            if args.warmup > 0:
+                run_wrk(args, services[mode].url, args.warmup, "warm", work, out)
+        for mode, name, seconds in plan:
+            results.append(measure(args, services[mode], mode, name, seconds, work, outs[mode], every))
+            print(fmt_row(results[-1]), flush=True)
     finally:
-        svc.stop()
-    reports = [json.loads(p.read_text()) for p in out.glob("worker-*.json")]
-    errors = sum(wrk["errors"].values())
-    result = {"mode": mode, "name": name, "rps": wrk["requests"] / (wrk["duration_us"] / 1e6),
-              "p50_ms": wrk["p50_us"] / 1000.0, "p99_ms": wrk["p99_us"] / 1000.0, "requests": wrk["requests"],
-              "cpu_us_per_request": cpu / max(1, wrk["requests"]) * 1e6, "rss_mb": rss, "errors": errors,
-              "series": series, "check": None}
-    acked_r, acked_t = read_acks(out)
-    if mode == "sdk":
-        result["check"] = check_store(url, out, reports)
-    elif len(reports) != args.workers:
-        result["check"] = {"problems": [f"{len(reports)} worker exit reports of {args.workers}"]}
-    result["acked"] = len(acked_r) + len(acked_t)
-    if not args.keep:
-        for p in out.glob("acks-*.txt"):
-            p.unlink()
-    return result
+        for svc in services.values():
+            svc.stop()
+    checks = {}
+    for mode, out in outs.items():
+        reports = [json.loads(p.read_text()) for p in out.glob("worker-*.json")]
+        if mode == "sdk":
+            checks[mode] = check_store(url, out, reports)
+        else:
+            checks[mode] = {"problems": [] if len(reports) == args.workers else
+                            [f"{len(reports)} worker exit reports of {args.workers}"]}
+        checks[mode]["gc_s"] = sum(r.get("gc_s", 0.0) for r in reports)
+    return results, checks
 
 
 def fmt_row(r: dict[str, Any]) -> str:
     rss = r["rss_mb"]
     return (f"| {r['name']} | {r['mode']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{r['cpu_us_per_request']:,.0f} | {statistics.mean(rss):.1f} (max {max(rss):.1f}) | {r['errors']} |")
+            f"{r['cpu_us_per_request']:,.0f} ({r['other_threads_us_per_request']:,.0f}) | "
+            f"{statistics.mean(rss):.1f} (max {max(rss):.1f}) | {r['errors']} |")
 
 
 def main() -> None:
@@ -329,31 +355,27 @@ def main() -> None:
           f"-c{args.connections}, {store_name}, feedback fraction {args.feedback}"
           f"{', redact_fn ' + args.redact_fn if args.redact else ''}{', ROLLUPS OFF' if args.no_rollups else ''}; "
           f"{os.cpu_count()} CPUs", flush=True)
-    results = []
     try:
         if args.sustain:
-            plan = [("plain", "plain-sustain"), ("sdk", "sdk-sustain")]
-            for mode, name in plan:
-                results.append(run_phase(args, mode, name, work, backend, data, args.sustain,
-                                         every=max(1.0, args.sustain / 12)))
-                print(fmt_row(results[-1]), flush=True)
+            plan = [("plain", "plain-sustain", args.sustain), ("sdk", "sdk-sustain", args.sustain)]
+            results, checks = run(args, work, backend, data, plan, every=max(1.0, args.sustain / 12))
         else:
-            for rnd in range(1, args.rounds + 1):
-                for mode in ("plain", "sdk"):
-                    results.append(run_phase(args, mode, f"{mode}-{rnd}", work, backend, data, args.duration))
-                    print(fmt_row(results[-1]), flush=True)
+            plan = [(mode, f"{mode}-{rnd}", args.duration) for rnd in range(1, args.rounds + 1)
+                    for mode in ("plain", "sdk")]
+            results, checks = run(args, work, backend, data, plan)
     finally:
         backend.cleanup()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"work folder kept: {work}")
-    report(results)
+    report(results, checks)
 
 
-def report(results: list[dict[str, Any]]) -> None:
+def report(results: list[dict[str, Any]], checks: dict[str, Any]) -> None:
     print()
-    print("| phase | variant | requests/s | p50 ms | p99 ms | worker CPU us/request | RSS per worker MB | errors |")
+    print("| phase | variant | requests/s | p50 ms | p99 ms | worker CPU us/request (writer thread) | "
+          "RSS per worker MB | errors |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(fmt_row(r))
@@ -369,33 +391,33 @@ def report(results: list[dict[str, Any]]) -> None:
     print("| figure | plain | sdk | sdk / plain |")
     print("|---|---|---|---|")
     for key, label in (("rps", "requests/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
-                       ("cpu_us_per_request", "worker CPU us/request")):
+                       ("cpu_us_per_request", "worker CPU us/request"),
+                       ("other_threads_us_per_request", "of which writer thread")):
         a, b = mean("plain", key), mean("sdk", key)
-        print(f"| {label} | {a:,.2f} | {b:,.2f} | {b / a:.2f} |")
+        print(f"| {label} | {a:,.2f} | {b:,.2f} | {b / a:.2f} |" if a else f"| {label} | {a:,.2f} | {b:,.2f} | - |")
     print(f"| RSS per worker MB | {rss['plain']:.1f} | {rss['sdk']:.1f} | +{rss['sdk'] - rss['plain']:.1f} MB |")
     pairs = [s["rps"] / p["rps"] for p, s in zip(by["plain"], by["sdk"])]
-    print(f"\nthroughput ratio per round: {', '.join(f'{x:.2f}' for x in pairs)}; "
-          f"SDK CPU per request: {mean('sdk', 'cpu_us_per_request') - mean('plain', 'cpu_us_per_request'):,.0f} us")
+    cpu = [s["cpu_us_per_request"] - p["cpu_us_per_request"] for p, s in zip(by["plain"], by["sdk"])]
+    print(f"\nthroughput ratio sdk / plain per round: {', '.join(f'{x:.2f}' for x in pairs)} "
+          f"(median {statistics.median(pairs):.2f}); SDK CPU per request per round: "
+          f"{', '.join(f'{x:,.0f}' for x in cpu)} us (median {statistics.median(cpu):,.0f} us)")
     for r in results:
         if r["series"]:
             pts = ", ".join(f"{t:.0f}s {statistics.mean(v):.1f}" for t, v in r["series"])
             print(f"RSS per worker over time ({r['name']}, MB): {pts}")
     failed = False
-    for r in by["sdk"] + by["plain"]:
-        c = r["check"]
-        if c is None:
-            continue
-        if "records" in c:
-            print(f"{r['name']}: store {c['records']} records / {c['events']} feedback events; wrk acknowledged "
-                  f"{c['acked_records']} / {c['acked_events']} (the rest were in flight when wrk stopped)")
-        for p in c["problems"]:
+    sdk = checks["sdk"]
+    print(f"store: {sdk['records']} records / {sdk['events']} feedback events; wrk acknowledged "
+          f"{sdk['acked_records']} / {sdk['acked_events']} (the others' answers were in flight when a wrk run stopped); "
+          f"time in the garbage collector: plain {checks['plain']['gc_s']:.2f} s, sdk {sdk['gc_s']:.2f} s (all workers)")
+    for mode in ("plain", "sdk"):
+        for p in checks[mode]["problems"]:
             failed = True
-            print(f"LOSS CHECK FAILED ({r['name']}): {p}")
-    if not failed:
-        print("zero loss: every acknowledged record and feedback event is in the store exactly once, "
-              "and the store holds exactly what the workers accepted")
-    else:
+            print(f"LOSS CHECK FAILED ({mode}): {p}")
+    if failed:
         sys.exit(1)
+    print("zero loss: every acknowledged record and feedback event is in the store exactly once, "
+          "and the store holds exactly what the workers accepted")
 
 
 if __name__ == "__main__":
