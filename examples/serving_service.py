@@ -90,6 +90,7 @@ class Feedback(BaseModel):
 @app.post("/feedback")
 def feedback(item: Feedback) -> dict[str, bool]:
     try:
-        return {"recorded": loop.record_feedback(item.record_id, item.feedback, item.comment)}
+        loop.record_feedback(item.record_id, item.feedback, item.comment)  # stored as an event, on any worker
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from exc
+    return {"recorded": True}
