@@ -325,13 +325,13 @@ def fmt_row(r: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per phase")
-    ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per phase (not measured)")
+    ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds of each service before the phases (not measured)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of (plain, sdk)")
     ap.add_argument("--workers", type=int, default=4, help="gunicorn workers")
     ap.add_argument("--threads", type=int, default=2, help="wrk threads")
     ap.add_argument("--connections", type=int, default=32, help="wrk connections")
     ap.add_argument("--feedback", type=float, default=0.5, help="fraction of requests that are feedback")
-    ap.add_argument("--database-url", help="PostgreSQL base URL (a fresh schema per phase); default: SQLite files")
+    ap.add_argument("--database-url", help="PostgreSQL base URL (a fresh schema per run, dropped after it); default: a SQLite file")
     ap.add_argument("--redact", action="store_true", help="sdk phases redact with afs_continuous.redact:basic")
     ap.add_argument("--no-rollups", action="store_true",
                     help="diagnostic: the sdk writer skips the hourly rollups (to measure their share of the cost)")
