@@ -124,6 +124,10 @@ def test_loss_falls(trained: dict[str, Any]) -> None:
     assert [e["step"] for e in logs] == sorted({e["step"] for e in logs})
     assert set(logs[0]) == {"step", "loss", "learning_rate", "epoch"}
     assert logs[-1]["loss"] < logs[0]["loss"]
+    # the curve the dashboard draws: every logged loss, and the eval loss before and after training
+    assert result["loss_curve"] == [{"step": e["step"], "loss": e["loss"]} for e in logs]
+    assert result["eval_curve"] == [{"step": 0, "eval_loss": result["eval_loss_before"]},
+                                    {"step": result["steps"], "eval_loss": result["eval_loss"]}]
 
 
 def test_adapter_loads_back_with_peft(trained: dict[str, Any], tiny_model: Path) -> None:
@@ -337,7 +341,7 @@ def test_training_lora_in_a_loop_config_trains_from_python_under_the_data_folder
     """Issue 11 items 17 and 20: ``LoopConfig(training={"lora": ...})`` trains from ``run_iteration()``; the
     adapters go under ``<data_dir>/adapters`` (not the current directory), named from the loop's clock."""
     monkeypatch.chdir(tmp_path)
-    lora = {"base_model": str(tiny_model), "max_steps": 2, "validation_fraction": 0, "max_length": 64,
+    lora = {"base_model": str(tiny_model), "max_steps": 2, "validation_fraction": 0, "max_length": 64, "logging_steps": 1,
             "batch_size": 4, "device": "cpu"}
     loop = make_loop(tmp_path, clock, training={"lora": lora},
                      trigger_config={"min_new_samples": None, "schedule_interval_hours": None,
@@ -352,6 +356,9 @@ def test_training_lora_in_a_loop_config_trains_from_python_under_the_data_folder
     assert adapter == tmp_path / "data" / "adapters" / f"run-00001-{clock():%Y%m%dT%H%M%SZ}"
     assert (adapter / "adapter_config.json").is_file()
     assert not (tmp_path / "adapters").exists()
+    # the loss curve reaches the run's stored metrics (what the dashboard draws); no validation split, no eval curve
+    stored = loop.runs.get(retrain["run_id"]).metrics
+    assert [e["step"] for e in stored["loss_curve"]] == [1, 2] and stored["eval_curve"] == []
 
 
 def test_adapter_folders_are_named_from_the_clock_and_never_reused(tiny_model: Path, chat_data: Path,
