@@ -104,7 +104,8 @@ def page(title: str, body: str, *, script: str, nav: Sequence[tuple[str, str]] =
     """
     links = "".join(f'<a href="{esc(href)}">{esc(label)}</a>' for label, href in nav)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style>{script}'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
+            f'<style>{_CSS}</style>{script}'
             f'</head><body><header><h1>{esc(title)}</h1>{links}<span class="muted">{note}</span></header>'
             f"<main>{body}</main></body></html>")
 
