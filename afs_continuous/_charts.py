@@ -54,7 +54,7 @@ def _figure(title: str, *, height: int = 340, y_title: str | None = None, x_titl
     fig = go.Figure()
     fig.update_layout(title={"text": title, "x": 0.01, "font": {"size": 15}}, height=height, template="plotly_white",
                       margin={"l": 60, "r": 20, "t": 50, "b": 40}, hovermode="x unified",
-                      legend={"orientation": "h", "y": -0.25 if x_title else -0.12, "yanchor": "top", "x": 0})
+                      legend={"orientation": "h", "y": -0.3 if x_title else -0.2, "yanchor": "top", "x": 0})
     fig.update_yaxes(title_text=y_title, tickformat=".0%" if percent else None)
     fig.update_xaxes(title_text=x_title)
     return fig

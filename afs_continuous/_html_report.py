@@ -31,10 +31,10 @@ section{background:#fff;border:1px solid #e3e6ea;border-radius:6px;padding:12px 
 h2{font-size:17px;margin:6px 0 10px} h3{font-size:15px;margin:14px 0 6px}
 table{border-collapse:collapse;font-size:13px;margin:6px 0 10px} th,td{border-bottom:1px solid #e8eaed;padding:4px 10px;
 text-align:left;vertical-align:top} th{background:#f1f3f5} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.muted{color:#666;font-size:13px} .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:8px}
+.muted{color:#666;font-size:13px} .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:8px}
 .grid>*{min-width:0}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;background:#e5e7eb}
-.promote,.promoted,.champion{background:#d1fae5} .stop,.rejected,.failed,.rolled_back,.deploy_failed,.interrupted{background:#fee2e2}
+.promote,.promoted,.champion{background:#d1fae5} .stop,.rejected,.failed,.rolled_back,.rollback,.deploy_failed,.interrupted{background:#fee2e2}
 .continue,.running,.challenger,.deployed{background:#dbeafe}
 """
 

@@ -4,6 +4,7 @@ They need Chromium (``AFS_CHROMIUM``, else ``chromium`` on PATH, else /usr/bin/c
 package (never ``playwright install``: the system's Chromium is used), and skip with the reason otherwise.
 One demo store is built per session by running the demo script (real LoRA training, ~25-35 s). Full-page
 screenshots go to ``$AFS_ARTIFACTS_DIR`` (default ``artifacts/screenshots/`` at the repository root).
+``AFS_TEST_DEMO_DIR`` reuses an earlier demo run's workdir (see :func:`demo_workdir`).
 """
 
 from __future__ import annotations
@@ -63,7 +64,15 @@ def screenshots() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store the demo built: one experiment (promoted), one LoRA training run with its loss curve, audit."""
+    """A store the demo built: one experiment (promoted), one LoRA training run with its loss curve, audit.
+
+    ``AFS_TEST_DEMO_DIR``: reuse the workdir of an earlier ``continuous_learning_demo.py --workdir DIR`` run
+    (of this version) instead of running the demo again (quicker while working on the dashboard).
+    """
+    reuse = os.environ.get("AFS_TEST_DEMO_DIR")
+    if reuse:
+        assert (Path(reuse) / "usage.db").is_file() and (Path(reuse) / "report.html").is_file(), reuse
+        return Path(reuse)
     data = Path(os.environ.get("AFS_ALPACA_EVAL_DIR") or ROOT.parent / "shared" / "data" / "alpaca_eval")
     if not (data / "FuseChat-Llama-3.2-3B-Instruct.jsonl.gz").exists():
         pytest.skip(f"AlpacaEval data not found in {data} (set AFS_ALPACA_EVAL_DIR)")
