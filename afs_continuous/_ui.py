@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from . import _html_report as H
 from . import views
+from .errors import AfsContinuousError
 from .store import Store
 
 __all__ = ["create_app"]
@@ -46,6 +47,11 @@ def create_app(store: Store, *, promotion_threshold: float | None = None) -> Fas
     def html(title: str, body: str) -> HTMLResponse:
         return HTMLResponse(H.page(title, body, script=_SCRIPT, nav=_NAV, note=f"store {H.esc(store.display_url)}"),
                             headers={"Cache-Control": "no-store"})
+
+    @app.exception_handler(AfsContinuousError)
+    def store_failed(_request: Any, exc: AfsContinuousError) -> HTMLResponse:  # e.g. the store became unreachable
+        body = f'<section><h2>The store cannot be read</h2><p>{H.esc(exc)}</p><p>Reload to try again.</p></section>'
+        return HTMLResponse(H.page("afs_continuous: store error", body, script="", nav=_NAV), status_code=503)
 
     @app.get("/", response_class=HTMLResponse)
     def overview() -> HTMLResponse:

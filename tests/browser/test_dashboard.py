@@ -3,9 +3,11 @@ its named charts hold data, and the dashboard shows new records on a reload (no 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
+import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -96,6 +98,10 @@ def test_the_dashboard_serves_every_page_and_shows_new_records_on_reload(demo_wo
         assert f"{before + 1:,} calls" in page.page.inner_text("#overview")
         assert page.errors == []
 
+        with urllib.request.urlopen(server.url + "/api/views", timeout=30) as r:  # the same data as JSON
+            data = json.load(r)
+        assert data["overview"]["traffic_24h"]["calls"] == before + 1
+        assert [e["id"] for e in data["experiments"]] == [1] and data["training_runs"][0]["loss_curve"]
         response = page.page.goto(server.url + "/experiments/99")
         assert response is not None and response.status == 404
     finally:

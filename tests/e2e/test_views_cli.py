@@ -77,3 +77,12 @@ def test_ui_binds_loopback_unless_allowed(store: Path) -> None:
         assert proc.returncode == 2, proc.stderr
         assert f"--host {host} is not a loopback address" in proc.stderr and "--allow-remote" in proc.stderr
     assert "--allow-remote" in cli("ui", "--help").stdout
+
+
+def test_report_html_on_a_damaged_store_fails_cleanly_and_changes_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(os.urandom(8192))
+    before = bad.read_bytes()
+    proc = cli("report", "--db", str(bad), "--html", str(tmp_path / "r.html"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and str(bad) in proc.stderr, proc.stderr
+    assert bad.read_bytes() == before and not (tmp_path / "r.html").exists()
