@@ -77,7 +77,7 @@ def make_ui_command(*options: Any) -> click.Command:
     ui = click.option("--allow-remote", is_flag=True,
                       help="Allow binding a non-loopback address: anyone who reaches it sees the versions, "
                            "experiments, runs and audit trail (no login; put it behind your own authentication).")(ui)
-    ui = click.option("--port", type=click.IntRange(0, 65535), default=8050, show_default=True,
+    ui = click.option("--port", type=click.IntRange(1, 65535), default=8050, show_default=True,
                       help="Port to bind.")(ui)
     ui = click.option("--host", default="127.0.0.1", show_default=True,
                       help="Address to bind. Anything but loopback needs --allow-remote.")(ui)

@@ -415,9 +415,11 @@ def runs(limit: int, status_filter: str | None, config_path: str | None, db: str
 @_json_option
 def report(run_id: int | None, output: str | None, html_path: str | None, config_path: str | None, db: str | None,
            as_json: bool) -> None:
-    """Print the report of training run RUN_ID: trigger, samples per stage, source records, baseline and
-    challenger metrics (canary and online), the decision and its reasons, the resulting version.
-    With --html PATH (and no RUN_ID): write every view of the store to one HTML file."""
+    """Print training run RUN_ID's report, or (--html PATH) write every view of the store to one HTML file.
+
+    RUN_ID: trigger, samples per stage, source records, baseline and challenger metrics (canary and
+    online), the decision and its reasons, the resulting version. --html: experiments, traffic, quality,
+    latency, training runs and the audit trail as charts (docs/dashboard.md)."""
     if html_path is not None:
         if run_id is not None or output is not None or as_json:
             raise click.UsageError("--html writes the whole store's report: give no RUN_ID, --output or --json")
