@@ -204,15 +204,22 @@ def _canary(run: dict[str, Any]) -> str:
             + "".join(f'<p class="muted">{esc(r)}</p>' for r in canary.get("reasons") or []))
 
 
-def runs_section(runs: list[dict[str, Any]], link: Link = _no_link) -> str:
-    """Every training run: trigger, outcome, data funnel, loss curve, canary metrics, error."""
+#: The dashboard's runs page draws the charts of this many newest runs (the table lists all; the report draws all).
+DETAILED = 20
+
+
+def runs_section(runs: list[dict[str, Any]], link: Link = _no_link, *, detailed: int = DETAILED) -> str:
+    """Every training run in a table; trigger, outcome, data funnel, loss curve, canary metrics and error of
+    the ``detailed`` newest (``runs`` newest first)."""
     if not runs:
         return '<section id="runs"><h2>Training runs</h2><p>No training run yet.</p></section>'
     rows = [(f'<a href="{esc(link("run", r["id"]))}">{r["id"]}</a>', when(r["started_at"]), esc(r["trigger"]),
              badge(r["status"]), esc(r["model_version"]), esc((r.get("counts") or {}).get("total")),
              esc("; ".join(r["decision"].get("reasons") or []))) for r in runs]
     body = table(["run", "started", "trigger", "outcome", "version", "samples", "why"], rows, numeric=(5,))
-    for r in runs:
+    if len(runs) > detailed:
+        body += f'<p class="muted">Charts of the {detailed} newest runs; the others: follow their links.</p>'
+    for r in runs[:detailed]:
         m = r.get("metrics") or {}
         figs = chart(_charts.funnel(r), f"chart-run-{r['id']}-funnel") + (
             chart(_charts.loss_curve(r), f"chart-run-{r['id']}-loss")
@@ -242,7 +249,7 @@ def render_report(data: dict[str, Any]) -> str:
     body = (overview_section(data["overview"]) + daily_section(data["model_days"])
             + experiments_index(data["experiments"])
             + "".join(experiment_section(e) for e in data["experiments"])
-            + runs_section(data["training_runs"]) + audit_section(data["audit"]))
+            + runs_section(data["training_runs"], detailed=len(data["training_runs"])) + audit_section(data["audit"]))
     nav = [("Overview", "#overview"), ("Per day", "#daily"), ("Experiments", "#experiments"),
            ("Training runs", "#runs"), ("Promotions and rollbacks", "#audit")]
     script = f'<script type="text/javascript">{plotly_js()}</script>'

@@ -2,7 +2,8 @@
 
 Every request opens its own read transaction(s) on the store, so a reload shows what the
 daemon and the loggers wrote since; nothing is written and no loop is opened. Pages:
-``/`` (overview and per-day figures), ``/experiments`` and ``/experiments/{id}``, ``/runs``,
+``/`` (overview and per-day figures), ``/experiments`` and ``/experiments/{id}``, ``/runs`` (the charts of
+the newest :data:`~afs_continuous._html_report.DETAILED`) and ``/runs/{id}``,
 ``/versions`` (versions and audit trail); ``/api/views`` the same data as JSON;
 ``/static/plotly.min.js`` the plotly.js bundle of the installed plotly package (no CDN).
 Started by ``afs-continuous ui`` (docs/dashboard.md).
@@ -28,7 +29,7 @@ _SCRIPT = '<script src="/static/plotly.min.js"></script>'
 
 
 def _link(kind: str, key: Any) -> str:
-    return f"/experiments/{key}" if kind == "experiment" else f"/runs#run-{key}"
+    return f"/experiments/{key}" if kind == "experiment" else f"/runs/{key}"
 
 
 def create_app(store: Store, *, promotion_threshold: float | None = None) -> FastAPI:
@@ -73,6 +74,13 @@ def create_app(store: Store, *, promotion_threshold: float | None = None) -> Fas
     @app.get("/runs", response_class=HTMLResponse)
     def runs() -> HTMLResponse:
         return html("afs_continuous: training runs", H.runs_section(views.training_runs(store), _link))
+
+    @app.get("/runs/{run_id}", response_class=HTMLResponse)
+    def run(run_id: int) -> HTMLResponse:
+        found = views.training_run(store, run_id)
+        if found is None:
+            raise HTTPException(status_code=404, detail=f"no training run {run_id}")
+        return html(f"afs_continuous: training run {run_id}", H.runs_section([found], _link))
 
     @app.get("/versions", response_class=HTMLResponse)
     def versions() -> HTMLResponse:

@@ -28,12 +28,14 @@ from sqlalchemy.engine import Connection
 from . import _rollups
 from ._looks import looks_of
 from ._telemetry_tables import UsageRollup
+from .errors import NotFoundError
 from .experiment import _to_info
 from .registry import ModelRegistry
 from .runs import TrainingRunLog
 from .store import ExperimentRow, Store
 
-__all__ = ["overview", "model_days", "experiments", "experiment", "training_runs", "audit_trail", "dashboard"]
+__all__ = ["overview", "model_days", "experiments", "experiment", "training_runs", "training_run", "audit_trail",
+           "dashboard"]
 
 _E = ExperimentRow.__table__  # type: ignore[attr-defined]
 _R = UsageRollup.__table__  # type: ignore[attr-defined]
@@ -207,8 +209,8 @@ def _experiment(conn: Connection, experiment_id: int, threshold: float | None) -
     }
 
 
-def training_runs(store: Store) -> list[dict[str, Any]]:
-    """Every training run, newest first: :meth:`TrainingRun.to_dict` plus the views' fields.
+def training_runs(store: Store, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """Every training run (or the ``limit`` newest), newest first: :meth:`TrainingRun.to_dict` plus the views' fields.
 
     Returns:
         Dicts with the report's keys (``id``, ``trigger``, ``status``, ``counts``, ``metrics``,
@@ -217,16 +219,25 @@ def training_runs(store: Store) -> list[dict[str, Any]]:
         ``"loss_curve"``: ``[{"step", "loss"}]`` and ``"eval_curve"``: ``[{"step", "eval_loss"}]``
         (as the training function returned them; empty when it returned none).
     """
-    out = []
-    for run in TrainingRunLog(store).list(limit=None):
-        d = run.to_dict()
-        metrics = d.get("metrics") or {}
-        d["funnel"] = [{"stage": k, "n": v} for k, v in (d.get("counts") or {}).items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        d["loss_curve"] = [p for p in metrics.get("loss_curve") or [] if isinstance(p, dict)]
-        d["eval_curve"] = [p for p in metrics.get("eval_curve") or [] if isinstance(p, dict)]
-        out.append(d)
-    return out
+    return [_run_view(run) for run in TrainingRunLog(store).list(limit=limit)]
+
+
+def training_run(store: Store, run_id: int) -> dict[str, Any] | None:
+    """One training run as :func:`training_runs` returns it; None when unknown."""
+    try:
+        return _run_view(TrainingRunLog(store).get(run_id))
+    except NotFoundError:
+        return None
+
+
+def _run_view(run: Any) -> dict[str, Any]:
+    d = run.to_dict()
+    metrics = d.get("metrics") or {}
+    d["funnel"] = [{"stage": k, "n": v} for k, v in (d.get("counts") or {}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    d["loss_curve"] = [p for p in metrics.get("loss_curve") or [] if isinstance(p, dict)]
+    d["eval_curve"] = [p for p in metrics.get("eval_curve") or [] if isinstance(p, dict)]
+    return d
 
 
 def audit_trail(store: Store) -> list[dict[str, Any]]:

@@ -69,8 +69,8 @@ def test_the_dashboard_serves_every_page_and_shows_new_records_on_reload(demo_wo
     db = _copy_store(demo_workdir / "usage.db", tmp_path / "usage.db")
     server = Server(db)
     try:
-        pages = {"/": (TRAFFIC, *DAILY), "/experiments/1": EXPERIMENT, "/runs": RUN, "/experiments": (),
-                 "/versions": ()}
+        pages = {"/": (TRAFFIC, *DAILY), "/experiments/1": EXPERIMENT, "/runs": RUN, "/runs/1": RUN,
+                 "/experiments": (), "/versions": ()}
         page = open_page()  # one page for every route: plotly.js is loaded from the server once, then cached
         for route, titles in pages.items():
             page.goto(server.url + route)

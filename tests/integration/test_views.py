@@ -85,6 +85,7 @@ def test_views_show_what_the_loop_stored(experiment_loop, clock, alpaca) -> None
     assert [s["stage"] for s in run["funnel"]][0] == "candidates"
     assert {s["stage"]: s["n"] for s in run["funnel"]} == {k: v for k, v in run["counts"].items()}
     assert run["loss_curve"] == [] and run["eval_curve"] == []
+    assert views.training_run(loop.store, run["id"]) == run and views.training_run(loop.store, 99) is None
 
     # audit: the manual promotion, with who and why
     promote = [e for e in data["audit"] if e["action"] == "promote"]
