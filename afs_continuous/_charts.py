@@ -228,7 +228,9 @@ def loss_curve(run: dict[str, Any]) -> Any:
                              mode="lines+markers", marker={"size": 5}, line={"color": _color(0)}))
     if evals:
         fig.add_trace(go.Scatter(x=[p.get("step") for p in evals], y=[p.get("eval_loss") for p in evals],
-                                 name="eval loss (held out)", mode="lines+markers", marker={"size": 9},
-                                 line={"color": _color(1), "dash": "dash"}))
+                                 name="eval loss (held out; before and after training)", mode="markers+text",
+                                 marker={"size": 10, "color": _color(1)}, textposition="top right",
+                                 text=[f"{p['eval_loss']:.3f}" if isinstance(p.get("eval_loss"), (int, float)) else ""
+                                       for p in evals]))
     fig.update_layout(hovermode="closest")
     return fig

@@ -139,3 +139,35 @@ def _content(path) -> list:
         return [(t, sorted(map(repr, conn.execute(f'SELECT * FROM "{t}"')))) for t in tables]
     finally:
         conn.close()
+
+
+def test_a_failed_run_shows_its_error_and_a_curve_returned_by_a_custom_train_fn_is_drawn(
+        tmp_path, clock, make_loop, good_rows, log_rows) -> None:
+    calls = []
+
+    def train(data_path: str) -> dict:
+        calls.append(data_path)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory (raised by this train_fn)")
+        out = tmp_path / "adapter"
+        out.mkdir()
+        return {"model_path": str(out), "loss_curve": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}],
+                "eval_curve": [{"step": 0, "eval_loss": 2.2}, {"step": 2, "eval_loss": 1.7}]}
+
+    loop = make_loop(tmp_path, clock, train_fn=train, trigger_config={"min_new_samples": None},
+                     generator_config={"min_samples": 5, "include_existing_data": False})
+    log_rows(loop, good_rows[:20], "base")
+    assert loop.run_iteration(manual=True)["retrain"]["status"] == "failed"
+    clock.advance(hours=1)
+    assert loop.run_iteration(manual=True)["retrain"]["status"] in ("deployed", "promoted")
+    second, first = views.training_runs(loop.store)
+    assert first["status"] == "failed" and "CUDA out of memory" in first["error"] and first["loss_curve"] == []
+    assert second["loss_curve"] == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    assert second["eval_curve"][-1] == {"step": 2, "eval_loss": 1.7}
+    assert views.training_runs(loop.store, limit=1) == [second]
+    pytest.importorskip("plotly")
+    from afs_continuous._html_report import runs_section
+
+    html = runs_section([second, first])
+    assert "Run 2: loss curve" in html and "Run 1: loss curve" not in html
+    assert "CUDA out of memory (raised by this train_fn)" in html
