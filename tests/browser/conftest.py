@@ -199,3 +199,17 @@ class Server:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+@pytest.fixture
+def start_ui() -> Iterator[Any]:
+    """``start_ui(db_path) -> Server``: ``afs-continuous ui`` on the store, stopped at teardown."""
+    servers: list[Server] = []
+
+    def start(db: Path) -> Server:
+        servers.append(Server(db))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Server
-
+ROOT = Path(__file__).parents[2]
 pytestmark = pytest.mark.browser
 
 DAILY = ("Calls per day", "Mean quality score per day", "Feedback rate and positive rate per day",
@@ -64,48 +63,57 @@ def _copy_store(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_the_dashboard_serves_every_page_and_shows_new_records_on_reload(demo_workdir: Path, open_page,
+def test_the_dashboard_serves_every_page_and_shows_new_records_on_reload(demo_workdir: Path, open_page, start_ui,
                                                                          screenshots: Path, tmp_path: Path) -> None:
     db = _copy_store(demo_workdir / "usage.db", tmp_path / "usage.db")
-    server = Server(db)
+    server = start_ui(db)
+    stored = _content(db)
+    pages = {"/": (TRAFFIC, *DAILY), "/experiments/1": EXPERIMENT, "/runs": RUN, "/runs/1": RUN,
+             "/experiments": (), "/versions": ()}
+    page = open_page()  # one page for every route: plotly.js is loaded from the server once, then cached
+    for route, titles in pages.items():
+        page.goto(server.url + route)
+        _assert_charts(page.charts(), titles)
+        assert page.errors == [], (route, page.errors)
+        page.shot(screenshots, "ui" + (route.replace("/", "-") if route != "/" else "-overview"))
+    assert _content(db) == stored  # serving every page wrote nothing
+    versions = page.page.inner_text("body")  # the last page: versions and audit
+    assert "fusechat-3b-ft1" in versions and "promote" in versions and "replaced by fusechat-3b-ft1" in versions
+    page.page.click("text=Experiments")  # the header's links lead to the pages
+    assert page.page.url == server.url + "/experiments"
+    page.page.click("a[href='/experiments/1']")
+    page.page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3")
+    _assert_charts(page.charts(), EXPERIMENT)
+
+    page.goto(server.url + "/")
+    before = _traffic_sum(page)
+    # a record logged after the server started, in the demo's last hour: a reload shows it
+    from afs_continuous import ManualClock, UsageLogger
+
+    with UsageLogger(str(db), clock=ManualClock(datetime(2026, 1, 8, 1, 30, tzinfo=timezone.utc))) as logger:
+        logger.log("a question after the start", "an answer", "fusechat-3b-ft1", latency_ms=300.0, quality_score=0.9)
+    page.reload()
+    page.page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length > 0")
+    assert _traffic_sum(page) == before + 1
+    assert f"{before + 1:,} calls" in page.page.inner_text("#overview")
+    assert page.errors == []
+
+    with urllib.request.urlopen(server.url + "/api/views", timeout=30) as r:  # the same data as JSON
+        data = json.load(r)
+    assert data["overview"]["traffic_24h"]["calls"] == before + 1
+    assert [e["id"] for e in data["experiments"]] == [1] and data["training_runs"][0]["loss_curve"]
+    response = page.page.goto(server.url + "/experiments/99")
+    assert response is not None and response.status == 404
+
+
+def _content(path: Path) -> list:
+    """Every row of every table of a SQLite store (what a read-only reader must leave as it was)."""
+    conn = sqlite3.connect(path)
     try:
-        pages = {"/": (TRAFFIC, *DAILY), "/experiments/1": EXPERIMENT, "/runs": RUN, "/runs/1": RUN,
-                 "/experiments": (), "/versions": ()}
-        page = open_page()  # one page for every route: plotly.js is loaded from the server once, then cached
-        for route, titles in pages.items():
-            page.goto(server.url + route)
-            _assert_charts(page.charts(), titles)
-            assert page.errors == [], (route, page.errors)
-            page.shot(screenshots, "ui" + (route.replace("/", "-") if route != "/" else "-overview"))
-        versions = page.page.inner_text("body")  # the last page: versions and audit
-        assert "fusechat-3b-ft1" in versions and "promote" in versions and "replaced by fusechat-3b-ft1" in versions
-        page.page.click("text=Experiments")  # the header's links lead to the pages
-        assert page.page.url == server.url + "/experiments"
-        page.page.click("a[href='/experiments/1']")
-        page.page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3")
-        _assert_charts(page.charts(), EXPERIMENT)
-
-        page.goto(server.url + "/")
-        before = _traffic_sum(page)
-        # a record logged after the server started, in the demo's last hour: a reload shows it
-        from afs_continuous import ManualClock, UsageLogger
-
-        with UsageLogger(str(db), clock=ManualClock(datetime(2026, 1, 8, 1, 30, tzinfo=timezone.utc))) as logger:
-            logger.log("a question after the start", "an answer", "fusechat-3b-ft1", latency_ms=300.0, quality_score=0.9)
-        page.reload()
-        page.page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length > 0")
-        assert _traffic_sum(page) == before + 1
-        assert f"{before + 1:,} calls" in page.page.inner_text("#overview")
-        assert page.errors == []
-
-        with urllib.request.urlopen(server.url + "/api/views", timeout=30) as r:  # the same data as JSON
-            data = json.load(r)
-        assert data["overview"]["traffic_24h"]["calls"] == before + 1
-        assert [e["id"] for e in data["experiments"]] == [1] and data["training_runs"][0]["loss_curve"]
-        response = page.page.goto(server.url + "/experiments/99")
-        assert response is not None and response.status == 404
+        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        return [(t, sorted(map(repr, conn.execute(f'SELECT * FROM "{t}"')))) for t in tables]
     finally:
-        server.stop()
+        conn.close()
 
 
 def _traffic_sum(page) -> int:
