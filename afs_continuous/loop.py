@@ -37,6 +37,7 @@ from ._exposure import remember
 from ._drops import store_errors, store_problem
 from ._imports import train_fn_from_config
 from ._pipeline import RetrainPipeline, TrainFn
+from ._privacy import maintain
 from ._signals import StopSignals
 from ._status import status_summary
 from .clock import Clock, utc_now
@@ -377,6 +378,9 @@ class ContinuousLearningLoop(OperatorActions):
             result["experiment"] = evaluation.to_dict()
             self._act_on(exp, evaluation)
         self.store.set_state("last_iteration_at", now)
+        privacy = maintain(self, now)  # late arrivals of forgotten units; retention (docs/privacy.md)
+        if privacy is not None:
+            result["privacy"] = privacy
         running = self.experiments.active()
         blocked = f"challenger {running.challenger!r} is still under test" if running is not None else None
         trig = self.triggers.check(now=now, manual=manual, blocked_by=blocked)
