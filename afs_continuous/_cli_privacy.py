@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 import click
 
-from .cli import _actor_option, _config_option, _db_option, _emit, _json_option, _load, _open_loop
-
-__all__ = ["forget"]
+__all__ = ["forget_command", "format_forget"]
 
 
 def format_forget(report: dict[str, Any]) -> str:
@@ -32,26 +31,32 @@ def format_forget(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@click.command()
-@click.option("--unit-id", required=True, help="The unit (user or conversation id) the records were logged under.")
-@_actor_option
-@click.option("--reason", default=None, help="Why (recorded in the audit trail; do not put personal data here).")
-@click.option("--no-vacuum", is_flag=True,
-              help="SQLite: skip the VACUUM that rebuilds the file (faster on a large store; copies of the unit's "
-                   "rows that earlier updates left in free space may remain until overwritten).")
-@_config_option
-@_db_option
-@_json_option
-def forget(unit_id: str, actor: str, reason: str | None, no_vacuum: bool, config_path: str | None, db: str | None,
-           as_json: bool) -> None:
-    """Delete every trace of a unit: its records, feedback, training samples, rehearsal-buffer and
-    training-set lines; the rollups are corrected; the deletion is audited (unit id hashed).
-    Idempotent: run it again to catch records that other processes logged meanwhile. See docs/privacy.md."""
-    loop = _open_loop(_load(config_path, db))
-    try:
-        report = loop.forget(unit_id, actor=actor, reason=reason, vacuum=not no_vacuum).to_dict()
-        _emit(report, as_json, format_forget(report))
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    finally:
-        loop.close()
+def forget_command(cli: ModuleType) -> click.Command:
+    """The ``forget`` command, built with the options and helpers of the CLI module ``cli`` (passed in
+    rather than imported: ``python -m afs_continuous.cli`` runs that module as ``__main__``)."""
+
+    @click.command()
+    @click.option("--unit-id", required=True, help="The unit (user or conversation id) the records were logged under.")
+    @cli._actor_option
+    @click.option("--reason", default=None, help="Why (recorded in the audit trail; do not put personal data here).")
+    @click.option("--no-vacuum", is_flag=True,
+                  help="SQLite: skip the VACUUM that rebuilds the file (faster on a large store; copies of the unit's "
+                       "rows that earlier updates left in free space may remain until overwritten).")
+    @cli._config_option
+    @cli._db_option
+    @cli._json_option
+    def forget(unit_id: str, actor: str, reason: str | None, no_vacuum: bool, config_path: str | None, db: str | None,
+               as_json: bool) -> None:
+        """Delete every trace of a unit: its records, feedback, training samples, rehearsal-buffer and
+        training-set lines; the rollups are corrected; the deletion is audited (unit id hashed).
+        Idempotent: run it again to catch records that other processes logged meanwhile. See docs/privacy.md."""
+        loop = cli._open_loop(cli._load(config_path, db))
+        try:
+            report = loop.forget(unit_id, actor=actor, reason=reason, vacuum=not no_vacuum).to_dict()
+            cli._emit(report, as_json, format_forget(report))
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        finally:
+            loop.close()
+
+    return forget

@@ -491,9 +491,9 @@ def _upgrade(url: str) -> tuple[str | None, str]:
         store.dispose()
 
 
-from ._cli_privacy import forget as _forget  # noqa: E402  (uses the options above)
+from ._cli_privacy import forget_command  # noqa: E402
 
-main.add_command(_forget)
+main.add_command(forget_command(sys.modules[__name__]))  # built with the options above
 
 
 def daemon_main() -> None:
