@@ -315,7 +315,8 @@ def forget(loop: "ContinuousLearningLoop", unit_id: Any, *, actor: str = "operat
     """Delete every trace of ``unit_id``; see :meth:`ContinuousLearningLoop.forget` and the module docstring."""
     unit = unit_text(unit_id)
     if unit is None or unit == "":
-        raise ValueError(f"unit_id must be a non-empty str or an int (the unit the records were logged under), got {unit_id!r}")
+        raise ValueError("unit_id must be a non-empty str or an int (the unit the records were logged under), "
+                         f"got {unit_id!r}")
     if not isinstance(actor, str) or not actor.strip():
         raise ValueError(f"actor must be a non-empty str (who asked for the deletion), got {actor!r}")
     if reason is not None and not isinstance(reason, str):
@@ -329,7 +330,7 @@ def forget(loop: "ContinuousLearningLoop", unit_id: Any, *, actor: str = "operat
     report = ForgetReport(unit_hash=h)
     rows = _unit_rows(store, {unit})
     keys = {k for _, _, k in rows} | set(stone.get("keys", []) if stone else [])
-    scrubbed, _ = _scrub(loop, keys, report)  # files first: a failure here leaves the rows that find the texts again
+    scrubbed, _ = _scrub(loop, keys, report)  # files first: if this fails, the rows that find the texts stay
     all_ids: set[str] = set()
     for _round in range(3):  # records written while we deleted are found by the next scan
         ids = sorted({rid for rid, _, _ in rows} - all_ids)
@@ -337,10 +338,9 @@ def forget(loop: "ContinuousLearningLoop", unit_id: Any, *, actor: str = "operat
             break
         _add_counts(report, _delete_ids(store, ids))
         all_ids.update(ids)
-        for _rid, at, _k in rows:
-            report.newest_record_at = at if report.newest_record_at is None or at > report.newest_record_at else report.newest_record_at
-            if before is not None and at <= before:
-                report.late_arrivals += 1
+        times = [at for _rid, at, _k in rows]
+        report.newest_record_at = max(times + ([report.newest_record_at] if report.newest_record_at else []))
+        report.late_arrivals += sum(1 for at in times if before is not None and at <= before)
         rows = [r for r in _unit_rows(store, {unit}) if r[0] not in all_ids]
         keys |= {k for _, _, k in rows}
     leftovers = sorted(set(stone.get("record_ids", [])) - all_ids) if stone else []
@@ -386,11 +386,11 @@ def sweep(loop: "ContinuousLearningLoop", now: datetime) -> dict[str, Any] | Non
     stones = _tombstones(store)
     if not stones:
         return None
-    live = {h: s for h, s in stones.items() if (parse_dt(s["until"]) or now) > now}
+    live = {h: s for h, s in stones.items() if _alive(s, now)}
     if len(live) != len(stones):
-        with store.write() as conn:
+        with store.write() as conn:  # re-read: a forget in another process may have added one meanwhile
             current = _tombstones(store, conn)
-            store.set_state(TOMBSTONE_KEY, {h: s for h, s in current.items() if h in live}, conn=conn)
+            store.set_state(TOMBSTONE_KEY, {h: s for h, s in current.items() if _alive(s, now)}, conn=conn)
     total: dict[str, int] = {}
     for h, stone in live.items():
         report = _sweep_one(loop, h, stone, now)
@@ -403,6 +403,11 @@ def sweep(loop: "ContinuousLearningLoop", now: datetime) -> dict[str, Any] | Non
             for k, v in counts.items():
                 total[k] = total.get(k, 0) + v
     return total or None
+
+
+def _alive(stone: dict[str, Any], now: datetime) -> bool:
+    until = parse_dt(stone.get("until"))
+    return until is not None and until > now
 
 
 def _sweep_one(loop: "ContinuousLearningLoop", h: str, stone: dict[str, Any], now: datetime) -> ForgetReport:

@@ -48,7 +48,8 @@ log = logging.getLogger("afs_continuous")
 RETENTION_BATCH = 5000
 
 
-def retention_bound(loop: "ContinuousLearningLoop", now: datetime, days: float) -> tuple[datetime, datetime, str | None]:
+def retention_bound(loop: "ContinuousLearningLoop", now: datetime,
+                    days: float) -> tuple[datetime, datetime, str | None]:
     """(the record bound, the feedback cutoff ``now - days``, what moved the bound back or None)."""
     cutoff = now - timedelta(days=days)
     bound, why = cutoff, None
@@ -62,7 +63,8 @@ def retention_bound(loop: "ContinuousLearningLoop", now: datetime, days: float) 
     return bound, cutoff, why
 
 
-def apply_retention(loop: "ContinuousLearningLoop", now: datetime, *, batch: int = RETENTION_BATCH) -> dict[str, Any] | None:
+def apply_retention(loop: "ContinuousLearningLoop", now: datetime, *,
+                    batch: int = RETENTION_BATCH) -> dict[str, Any] | None:
     """Delete what is older than ``loop.config.retention_days`` (see the module docstring).
 
     Args:
@@ -101,7 +103,7 @@ def apply_retention(loop: "ContinuousLearningLoop", now: datetime, *, batch: int
     out = {"bound": bound.isoformat(), "cutoff": cutoff.isoformat(), "kept_for": why, "records": n_rec,
            "feedback_events": n_fb, "orphan_feedback_events": n_orphan}
     if n_rec or n_fb or n_orphan:
-        add_audit(store, {"at": now.isoformat(), "action": "retention", "actor": "daemon", "reason": f"retention_days={days:g}",
-                          "counts": {"records": n_rec, "feedback_events": n_fb, "orphan_feedback_events": n_orphan},
-                          "bound": out["bound"]})
+        add_audit(store, {"at": now.isoformat(), "action": "retention", "actor": "daemon",
+                          "reason": f"retention_days={days:g}", "bound": out["bound"],
+                          "counts": {"records": n_rec, "feedback_events": n_fb, "orphan_feedback_events": n_orphan}})
     return out

@@ -88,7 +88,8 @@ def scrub_jsonl(path: Path, keys: set[str]) -> int:
     removed = 0
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as out, path.open("r", encoding="utf-8", errors="surrogateescape") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as out, \
+                path.open("r", encoding="utf-8", errors="surrogateescape") as fh:
             for line in fh:
                 try:
                     obj = json.loads(line) if line.strip() else None

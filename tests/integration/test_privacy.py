@@ -334,3 +334,30 @@ def test_retention_deletes_exactly_the_expired_rows(tmp_path, clock, make_loop, 
     assert [e["counts"]["records"] for e in audit] == [24, 24]
     with loop.store.read() as conn:
         assert _rollups.totals(conn) == rollups_before
+
+
+def test_retention_keeps_the_records_of_the_drift_watch(tmp_path, clock, make_loop) -> None:
+    from afs_continuous.stats import ArmSummary
+
+    loop = make_loop(tmp_path, clock, retention_days=1, trigger_config=_NO_TRIGGERS,
+                     ab_test_config={"rollback_watch_hours": 24 * 30})
+    start = clock()
+    by_day = {}
+    for day in range(4):
+        clock.set(start + timedelta(days=day))
+        if day == 1:  # a promotion on day 1: the watch compares the champion's records since then with the baseline
+            loop.monitor.start("base", "base-0", ArmSummary(100, 0.5, 0.04))
+        by_day[day] = [loop.log_usage(f"question {day}-{i}", f"answer {day}-{i}", "base", quality_score=0.5,
+                                      unit_id=f"u{i}") for i in range(3)]
+    loop.logger.flush()
+    clock.set(start + timedelta(days=3, hours=12))  # cutoff: day 2.5
+    result = loop.run_iteration()["privacy"]["retention"]
+    assert result["kept_for"].startswith("drift watch of base")
+    with loop.store.read() as conn:
+        assert set(conn.execute(select(U.c.id)).scalars()) == {r for d in (1, 2, 3) for r in by_day[d]}
+    loop.monitor.stop()
+    clock.advance(hours=1)
+    result = loop.run_iteration()["privacy"]["retention"]
+    assert result["kept_for"] is None and result["records"] == 6
+    with loop.store.read() as conn:
+        assert set(conn.execute(select(U.c.id)).scalars()) == set(by_day[3])
