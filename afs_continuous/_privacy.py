@@ -368,7 +368,13 @@ def maintain(loop: "ContinuousLearningLoop", now: datetime) -> dict[str, Any] | 
     then retention (:func:`afs_continuous._retention.apply_retention`). None when neither applies."""
     from ._retention import apply_retention
 
-    out = {"late_arrivals": sweep(loop, now), "retention": apply_retention(loop, now)}
+    try:
+        late = sweep(loop, now)
+    except OSError as exc:  # a file that cannot be rewritten must not stop training: say so, retry next time
+        log.error("could not remove late arrivals of forgotten units from the files: %s; retrying at the next check",
+                  exc)
+        late = {"error": str(exc)}
+    out = {"late_arrivals": late, "retention": apply_retention(loop, now)}
     return out if any(v is not None for v in out.values()) else None
 
 

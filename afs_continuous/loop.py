@@ -14,8 +14,8 @@ when A/B testing is off).
 
 Operations: :meth:`~ContinuousLearningLoop.promote` and
 :meth:`~ContinuousLearningLoop.rollback` (recorded with who, why, when and the
-prior champion), and ``loop.runs.get(run_id)`` / ``loop.runs.list()`` for the
-training-run reports.
+prior champion), :meth:`~ContinuousLearningLoop.forget` (a unit's data, docs/privacy.md),
+and ``loop.runs.get(run_id)`` / ``loop.runs.list()`` for the training-run reports.
 """
 
 from __future__ import annotations
@@ -284,8 +284,9 @@ class ContinuousLearningLoop(OperatorActions):
             ``{"timestamp", "retrain_triggered": bool, "trigger": {...},
             "experiment": {...} | None, "drift": {...} | None, "retrain": {"status",
             "run_id", "counts", "baseline_version", "metrics", "canary",
-            "model_version", "model_path", "reasons", "error", ...}}``
-            (``retrain`` only when triggered).
+            "model_version", "model_path", "reasons", "error", ...}, "privacy":
+            {"late_arrivals", "retention"}}`` (``retrain`` only when triggered;
+            ``privacy`` only with ``retention_days`` set or a recent ``forget``).
 
         Raises:
             NotFoundError: ``baseline_version`` names no model version; nothing is done.
