@@ -45,7 +45,7 @@ __all__ = ["apply_retention", "retention_bound", "RETENTION_BATCH"]
 log = logging.getLogger("afs_continuous")
 
 #: Records (or orphan feedback events) per deleting transaction.
-RETENTION_BATCH = 5000
+RETENTION_BATCH = 1000
 
 
 def retention_bound(loop: "ContinuousLearningLoop", now: datetime,
