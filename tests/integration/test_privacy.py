@@ -17,6 +17,7 @@ from sqlalchemy import func, select, text
 
 from afs_continuous import _rollups
 from afs_continuous._privacy import AUDIT_KEY, TOMBSTONE_KEY, unit_hash
+from afs_continuous._retention import apply_retention
 from afs_continuous.store import FeedbackEvent, TrainingSample, UsageRecord
 
 from conftest import quality_of
@@ -324,8 +325,8 @@ def test_retention_deletes_exactly_the_expired_rows(tmp_path, clock, make_loop, 
     assert rollups_after == rollups_before  # retention keeps the aggregates
     # the experiment ends: the bound is the cutoff again
     loop.promote(exp.challenger, reason="end the test experiment")
-    clock.advance(days=1)  # day 11: cutoff day 6
-    result = loop.run_iteration()["privacy"]["retention"]
+    clock.advance(days=1)  # day 11: cutoff day 6; in transactions of 5 records this time
+    result = apply_retention(loop, clock(), batch=5)
     assert result["kept_for"] is None
     with loop.store.read() as conn:
         left = set(conn.execute(select(U.c.id)).scalars())
