@@ -1,5 +1,5 @@
 """Command line: the daemon (``afs-continuous-loop`` / ``scripts/continuous_loop.py``)
-and the operator commands (``afs-continuous status|versions|promote|rollback|runs|report``).
+and the operator commands (``afs-continuous status|versions|promote|rollback|runs|report|forget``).
 
 Exit codes: 0 success; 1 runtime failure (a failed training run, an unknown
 version or run); 2 usage or configuration error (an unknown ``--baseline-version``
@@ -515,6 +515,11 @@ def _upgrade(url: str) -> tuple[str | None, str]:
         return before, str(store.schema_revision())
     finally:
         store.dispose()
+
+
+from ._cli_privacy import forget_command  # noqa: E402
+
+main.add_command(forget_command(sys.modules[__name__]))  # built with the options above
 
 
 def daemon_main() -> None:
