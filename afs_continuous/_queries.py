@@ -165,7 +165,10 @@ def usage_statistics(conn: Connection) -> dict[str, Any]:
     from ._rollups import totals
 
     t = totals(conn)
-    first_at, last_at = conn.execute(select(func.min(U.c.created_at), func.max(U.c.created_at))).one()
+    # two statements: SQLite answers a lone min() or max() of an indexed column from the index's ends,
+    # but scans the table for both in one statement
+    first_at = conn.execute(select(func.min(U.c.created_at))).scalar()
+    last_at = conn.execute(select(func.max(U.c.created_at))).scalar()
     total = int(t["calls"])
     pos, neg = int(t["feedback_up"]), int(t["feedback_down"])
     with_fb = pos + neg + int(t["feedback_neutral"])

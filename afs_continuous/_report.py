@@ -52,6 +52,18 @@ def format_evaluation(ev: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _last_24h_lines(window: Mapping[str, Any] | None) -> list[str]:
+    """Per model over the last 24 hours (from the rollups): calls, feedback, quality, latency quantiles."""
+    if not window or not window.get("by_model"):
+        return []
+    lines = ["  last 24 h        calls  feedback  +rate  quality  p50 ms  p95 ms  p99 ms"]
+    for model, f in window["by_model"].items():
+        lines.append(f"    {model:<14} {f['calls']:>6}  {_pct(f['feedback_rate']):>8}  {_pct(f['positive_rate']):>5}  "
+                     f"{_num(f['avg_quality']):>7}  {_num(f['latency_p50_ms'], '.0f'):>6}  "
+                     f"{_num(f['latency_p95_ms'], '.0f'):>6}  {_num(f['latency_p99_ms'], '.0f'):>6}")
+    return lines
+
+
 def format_status(summary: Mapping[str, Any]) -> str:
     """Render :meth:`ContinuousLearningLoop.get_status_summary` for people."""
     u, s = summary["usage_stats"], summary["status"]
@@ -70,6 +82,7 @@ def format_status(summary: Mapping[str, Any]) -> str:
     ]
     if u.get("by_model"):
         lines.append("  by model         " + ", ".join(f"{k}: {v}" for k, v in sorted(u["by_model"].items())))
+    lines += _last_24h_lines(summary.get("last_24h"))
     writer = u.get("writer") or {}
     if writer.get("n_dropped"):
         lines.append(f"  DROPPED RECORDS  {writer['n_dropped']} (last error: {writer.get('last_error')})")

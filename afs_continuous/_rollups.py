@@ -42,7 +42,7 @@ from .store import FeedbackEvent, UsageRecord
 
 __all__ = ["RELATIVE_ACCURACY", "MIN_LATENCY_MS", "PG_LOCK", "apply_batch", "rebuild", "subtract_records",
            "bucket_of", "bucket_value", "quantile", "merge_hist", "totals", "read_rows", "lock",
-           "latency_quantiles", "hour_of", "day_of"]
+           "window_by_model", "hour_of", "day_of"]
 
 R = UsageRollup.__table__  # type: ignore[attr-defined]
 U = UsageRecord.__table__  # type: ignore[attr-defined]
@@ -308,7 +308,7 @@ def rebuild(conn: Connection, *, chunk: int = 20_000) -> int:
     stmt = select(U.c.created_at, U.c.model, U.c.experiment_id, U.c.arm, U.c.latency_ms, U.c.quality_score,
                   U.c.prompt_tokens, U.c.completion_tokens, U.c.fallback_from, latest_feedback())
     n = 0
-    result = conn.execution_options(stream_results=True, yield_per=chunk).execute(stmt)
+    result = conn.execute(stmt.execution_options(stream_results=True, yield_per=chunk))  # this statement only
     for at, model, exp, arm, lat, q, p_tok, c_tok, fallback, vote in result:
         key = _key(at, model, exp, arm)
         a = acc.get(key)
@@ -373,13 +373,42 @@ def totals(conn: Connection, *, since: datetime | None = None) -> dict[str, Any]
     return overall
 
 
-def latency_quantiles(conn: Connection, *, since: datetime, qs: Sequence[float] = (0.5, 0.95, 0.99)
-                      ) -> dict[str, dict[str, float | None]]:
-    """Latency quantiles (ms) per model over the hours since ``since``: ``{model: {"p50": ..}}``."""
-    hists: dict[str, dict[int, int]] = {}
-    for model, raw in conn.execute(select(R.c.model, R.c.latency_hist).where(R.c.hour >= hour_of(since))):
-        merge_hist(hists.setdefault(model, {}), json.loads(raw))
-    return {m: {f"p{round(q * 100):d}": quantile(h, q) for q in qs} for m, h in hists.items()}
+def window_by_model(conn: Connection, *, since: datetime, qs: Sequence[float] = (0.5, 0.95, 0.99)
+                    ) -> dict[str, dict[str, Any]]:
+    """Per model version, the figures of the hours since ``since`` (the hour of ``since`` included).
+
+    Returns:
+        ``{model: {"calls", "feedback_rate" (fraction of calls with a vote), "positive_rate"
+        (fraction of votes that are +1; None without votes), "avg_quality" (None when unscored),
+        "n_quality", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms" (None without latencies;
+        within :data:`RELATIVE_ACCURACY`), "prompt_tokens", "completion_tokens", "fallbacks"}}``.
+    """
+    acc: dict[str, list[Any]] = {}
+    for row in conn.execute(select(R).where(R.c.hour >= hour_of(since))):
+        m = row._mapping
+        a = acc.get(m["model"])
+        if a is None:
+            a = acc[m["model"]] = _new()
+        for i, c in enumerate(_COLUMNS):
+            if i == _HIST:
+                merge_hist(a[_HIST], json.loads(m[c]))
+            else:
+                a[i] += m[c]
+    out = {}
+    for model, a in sorted(acc.items()):
+        votes = a[_UP] + a[_DOWN] + a[_NEUTRAL]
+        figures: dict[str, Any] = {
+            "calls": a[_CALLS],
+            "feedback_rate": votes / a[_CALLS] if a[_CALLS] else 0.0,
+            "positive_rate": a[_UP] / votes if votes else None,
+            "avg_quality": a[_QS] / a[_NQ] if a[_NQ] else None,
+            "n_quality": a[_NQ],
+        }
+        for q in qs:
+            figures[f"latency_p{round(q * 100):d}_ms"] = quantile(a[_HIST], q)
+        figures.update(prompt_tokens=a[_PTOK], completion_tokens=a[_CTOK], fallbacks=a[_FALLBACK])
+        out[model] = figures
+    return out
 
 
 def day_of(hour: datetime) -> datetime:

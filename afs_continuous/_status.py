@@ -54,6 +54,7 @@ def status_summary(loop: Any) -> dict[str, Any]:
         "experiment": exp.to_dict() if exp else None,
         "promotion_watch": loop.monitor.active(),
         "training_runs": [r.to_dict() for r in loop.runs.list(limit=5)],
+        "last_24h": _last_24h(loop, now),
         "lease": loop.lease.status(),
         "store": loop.store.display_url,
         "drops": _drops(loop, now),
@@ -64,6 +65,14 @@ def status_summary(loop: Any) -> dict[str, Any]:
 def _drops(loop: Any, now: Any) -> dict[str, Any]:
     with loop.store.read() as conn:
         return drops_summary(conn, now)
+
+
+def _last_24h(loop: Any, now: Any) -> dict[str, Any]:
+    from ._rollups import window_by_model
+
+    with loop.store.read() as conn:
+        return {"since": (now - timedelta(hours=24)).isoformat(),
+                "by_model": window_by_model(conn, since=now - timedelta(hours=24))}
 
 
 def _iso(value: Any) -> str | None:

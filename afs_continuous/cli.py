@@ -1,5 +1,5 @@
 """Command line: the daemon (``afs-continuous-loop`` / ``scripts/continuous_loop.py``)
-and the operator commands (``afs-continuous status|versions|promote|rollback|runs|report|ui``).
+and the operator commands (``afs-continuous status|versions|promote|rollback|runs|report|forget|ui``).
 
 Exit codes: 0 success; 1 runtime failure (a failed training run, an unknown
 version or run); 2 usage or configuration error (an unknown ``--baseline-version``
@@ -445,7 +445,7 @@ def report(run_id: int | None, output: str | None, html_path: str | None, config
 
 @main.group()
 def db() -> None:
-    """Schema of the store: current revision, upgrade in place."""
+    """Schema of the store: current revision, upgrade in place, rebuild the rollups."""
 
 
 @db.command("current")
@@ -484,6 +484,32 @@ def db_upgrade(config_path: str | None, db: str | None) -> None:
     click.echo(f"schema {before or 'empty'} -> {after}" if before != after else f"schema already at {after}")
 
 
+@db.command("rebuild-rollups")
+@_config_option
+@_db_option
+def db_rebuild_rollups(config_path: str | None, db: str | None) -> None:
+    """Recompute the hourly rollups from the raw records (after loading records around the SDK).
+
+    Reads every record once, in one write transaction (writers wait meanwhile). Rollup hours whose
+    records retention has deleted are lost: the rebuild knows only the records still stored.
+    """
+    from ._rollups import rebuild
+    from .store import Store
+
+    config = _load(config_path, db)
+    _require_store(config)
+    try:
+        store = Store(config.store_url, verify=True)
+        try:
+            with store.write() as conn:
+                n = rebuild(conn)
+        finally:
+            store.dispose()
+    except AfsContinuousError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"rollups rebuilt from {n} records")
+
+
 def _upgrade(url: str) -> tuple[str | None, str]:
     from alembic.runtime.migration import MigrationContext
     from sqlalchemy import create_engine
@@ -506,6 +532,9 @@ def _upgrade(url: str) -> tuple[str | None, str]:
         store.dispose()
 
 
+from ._cli_privacy import forget_command  # noqa: E402
+
+main.add_command(forget_command(sys.modules[__name__]))  # built with the options above
 main.add_command(make_ui_command(_config_option, _db_option))  # the dashboard (afs_continuous._cli_views)
 
 

@@ -14,8 +14,8 @@ when A/B testing is off).
 
 Operations: :meth:`~ContinuousLearningLoop.promote` and
 :meth:`~ContinuousLearningLoop.rollback` (recorded with who, why, when and the
-prior champion), and ``loop.runs.get(run_id)`` / ``loop.runs.list()`` for the
-training-run reports.
+prior champion), :meth:`~ContinuousLearningLoop.forget` (a unit's data, docs/privacy.md),
+and ``loop.runs.get(run_id)`` / ``loop.runs.list()`` for the training-run reports.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from ._exposure import remember
 from ._drops import store_errors, store_problem
 from ._imports import train_fn_from_config
 from ._pipeline import RetrainPipeline, TrainFn
+from ._privacy import maintain
 from ._signals import StopSignals
 from ._status import status_summary
 from .clock import Clock, utc_now
@@ -283,8 +284,9 @@ class ContinuousLearningLoop(OperatorActions):
             ``{"timestamp", "retrain_triggered": bool, "trigger": {...},
             "experiment": {...} | None, "drift": {...} | None, "retrain": {"status",
             "run_id", "counts", "baseline_version", "metrics", "canary",
-            "model_version", "model_path", "reasons", "error", ...}}``
-            (``retrain`` only when triggered).
+            "model_version", "model_path", "reasons", "error", ...}, "privacy":
+            {"late_arrivals", "retention"}}`` (``retrain`` only when triggered;
+            ``privacy`` only with ``retention_days`` set or a recent ``forget``).
 
         Raises:
             NotFoundError: ``baseline_version`` names no model version; nothing is done.
@@ -377,6 +379,9 @@ class ContinuousLearningLoop(OperatorActions):
             result["experiment"] = evaluation.to_dict()
             self._act_on(exp, evaluation)
         self.store.set_state("last_iteration_at", now)
+        privacy = maintain(self, now)  # late arrivals of forgotten units; retention (docs/privacy.md)
+        if privacy is not None:
+            result["privacy"] = privacy
         running = self.experiments.active()
         blocked = f"challenger {running.challenger!r} is still under test" if running is not None else None
         trig = self.triggers.check(now=now, manual=manual, blocked_by=blocked)
@@ -555,7 +560,11 @@ class ContinuousLearningLoop(OperatorActions):
             "lease": {holder, acquired_at, renewed_at, expires_at, expired,
             holder_alive} | None, "drops": {records, feedback, events, processes,
             recent_records, recent_feedback (last 24 h), last_at, last_reason, last_host,
-            last_pid}}`` (``store``: the URL with its password hidden; ``lease``: the
+            last_pid}, "last_24h": {"since", "by_model": {model: {calls, feedback_rate,
+            positive_rate, avg_quality, latency_p50_ms, latency_p95_ms, latency_p99_ms, ...}}}}``
+            (``usage_stats`` and ``last_24h`` come from the hourly rollups, so the cost does not
+            grow with the number of records; latency quantiles within 2%, see
+            :mod:`afs_continuous._rollups`; ``store``: the URL with its password hidden; ``lease``: the
             daemon lease, None when no daemon holds it; ``holder_alive`` None when the
             holder is on another host; ``drops``: what every process's logger could not
             write, as recorded in the store).

@@ -61,8 +61,9 @@ def conversation(data: list, i: int) -> list[dict[str, str]]:
             {"role": "user", "content": data[i % len(data)][0]}]
 
 
-def bench_afs(path: Path, data: list, n: int, durability: str, *, messages: bool = False) -> dict:
+def bench_afs(path: Path, data: list, n: int, durability: str, *, messages: bool = False, rollups: bool = True) -> dict:
     logger = UsageLogger(path, durability=durability)
+    logger._rollups = rollups  # internal switch, only to measure what the hourly rollups cost the writer
     lat = []
     chats = [conversation(data, i) for i in range(min(n, len(data)))] if messages else []
     t0 = time.perf_counter()
@@ -71,11 +72,11 @@ def bench_afs(path: Path, data: list, n: int, durability: str, *, messages: bool
         if messages:  # the same call with the whole conversation (validated on the caller's thread)
             chat = chats[i % len(chats)]
             s = time.perf_counter_ns()
-            logger.log(messages=chat, response=r, model="champion-v1", latency_ms=123.0, quality_score=qual,
+            logger.log(messages=chat, response=r, model="champion-v1", latency_ms=latency(i), quality_score=qual,
                        prompt_tokens=300, completion_tokens=120)
         else:
             s = time.perf_counter_ns()
-            logger.log(q, r, "champion-v1", latency_ms=123.0, quality_score=qual)
+            logger.log(q, r, "champion-v1", latency_ms=latency(i), quality_score=qual)
         lat.append((time.perf_counter_ns() - s) / 1000.0)
     t_enqueued = time.perf_counter()
     assert logger.flush(timeout_s=600)
@@ -84,6 +85,11 @@ def bench_afs(path: Path, data: list, n: int, durability: str, *, messages: bool
     logger.close()
     return {"p50_us": pct(lat, 0.5), "p99_us": pct(lat, 0.99), "records_per_s": n / elapsed,
             "enqueue_s": t_enqueued - t0, "committed": stats["n_committed"], "dropped": stats["n_dropped"]}
+
+
+def latency(i: int) -> float:
+    """A spread of latencies (80 ms to ~2 s), so the rollups' latency histogram fills many buckets."""
+    return 80.0 + (i * 7919) % 1900 + (i % 7) * 0.37
 
 
 def bench_raw(path: Path, data: list, n: int, batch: int = 1000) -> dict:
@@ -197,6 +203,7 @@ def main() -> int:
         raw = bench_raw(tmp / "raw.db", data, args.records)
         naive = bench_naive(tmp / "naive.db", data, args.naive_records)
         a = bench_afs(tmp / "async.db", data, args.records, "async")
+        a0 = bench_afs(tmp / "async-norollups.db", data, args.records, "async", rollups=False)
         m = bench_afs(tmp / "messages.db", data, args.records, "async", messages=True)
         s = bench_afs(tmp / "sync.db", data, args.sync_records, "sync")
         size = sum(f.stat().st_size for f in tmp.glob("async.db*"))
@@ -204,6 +211,8 @@ def main() -> int:
     print("| writer | caller p50 (us) | caller p99 (us) | committed records/s |")
     print("|---|---|---|---|")
     print(f"| afs_continuous async | {a['p50_us']:.1f} | {a['p99_us']:.1f} | {a['records_per_s']:,.0f} |")
+    print(f"| afs_continuous async, hourly rollups off (internal switch) | {a0['p50_us']:.1f} | {a0['p99_us']:.1f} | "
+          f"{a0['records_per_s']:,.0f} |")
     print(f"| afs_continuous async, messages= (4 turns) | {m['p50_us']:.1f} | {m['p99_us']:.1f} | "
           f"{m['records_per_s']:,.0f} |")
     print(f"| afs_continuous sync | {s['p50_us']:.1f} | {s['p99_us']:.1f} | {s['records_per_s']:,.0f} |")
@@ -216,6 +225,12 @@ def main() -> int:
                 pa = bench_afs(pg[0], data, args.postgres_records, "async")
             finally:
                 _pg_drop(args.postgres_url, pg[1])
+            pg0 = _pg_schema(args.postgres_url)
+            assert pg0 is not None
+            try:
+                pa0 = bench_afs(pg0[0], data, args.postgres_records, "async", rollups=False)
+            finally:
+                _pg_drop(args.postgres_url, pg0[1])
             pg2 = _pg_schema(args.postgres_url)
             assert pg2 is not None
             try:
@@ -223,12 +238,17 @@ def main() -> int:
             finally:
                 _pg_drop(args.postgres_url, pg2[1])
             print(f"| afs_continuous async, PostgreSQL | {pa['p50_us']:.1f} | {pa['p99_us']:.1f} | {pa['records_per_s']:,.0f} |")
+            print(f"| afs_continuous async, PostgreSQL, rollups off | {pa0['p50_us']:.1f} | {pa0['p99_us']:.1f} | "
+                  f"{pa0['records_per_s']:,.0f} |")
             print(f"| raw psycopg executemany x1000, PostgreSQL (limit) | - | - | {praw['records_per_s']:,.0f} |")
-            print(f"\nPostgreSQL: async throughput / raw executemany: {pa['records_per_s'] / praw['records_per_s']:.2f}x")
+            print(f"\nPostgreSQL: async throughput / raw executemany: {pa['records_per_s'] / praw['records_per_s']:.2f}x; "
+                  f"with rollups / without: {pa['records_per_s'] / pa0['records_per_s']:.2f}x")
     print()
     print(f"async throughput / raw executemany: {a['records_per_s'] / raw['records_per_s']:.2f}x  (target >= 0.5x)")
     print(f"async throughput / naive baseline:  {a['records_per_s'] / naive['records_per_s']:.0f}x  (target >= 100x)")
     print(f"async caller p99: {a['p99_us']:.1f} us  (target <= 50 us)")
+    print(f"cost of the hourly rollups: async throughput with / without them: "
+          f"{a['records_per_s'] / a0['records_per_s']:.2f}x (caller p99 {a['p99_us']:.1f} vs {a0['p99_us']:.1f} us)")
     print(f"bytes on disk per record (async store, indexes included): {size / args.records:,.0f}")
     if m["dropped"] or m["committed"] != args.records:
         print(f"WARNING: messages= run committed {m['committed']} of {args.records}, dropped {m['dropped']}")

@@ -1,9 +1,10 @@
 """Browser tests of the dashboard: the HTML report and ``afs-continuous ui`` in a real headless Chromium.
 
 They need Chromium (``AFS_CHROMIUM``, else ``chromium`` on PATH, else /usr/bin/chromium) and the playwright
-package (never ``playwright install``: the system's Chromium is used), and skip with the reason otherwise.
+package (never ``playwright install``: the system's Chromium is used), and skip with the reason otherwise
+(fail, with ``AFS_REQUIRE_BROWSER=1``, as in CI).
 One demo store is built per session by running the demo script (real LoRA training, ~25-35 s). Full-page
-screenshots go to ``$AFS_ARTIFACTS_DIR`` (default ``artifacts/screenshots/`` at the repository root).
+screenshots go to ``$AFS_ARTIFACTS_DIR/screenshots`` (default ``artifacts/screenshots/`` at the repository root).
 ``AFS_TEST_DEMO_DIR`` reuses an earlier demo run's workdir (see :func:`demo_workdir`).
 """
 
@@ -48,16 +49,24 @@ def _skip_reason() -> str | None:
     return None
 
 
-def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
-    reason = _skip_reason()
-    for item in items:
-        if "browser" in item.keywords and reason is not None:
-            item.add_marker(pytest.mark.skip(reason=reason))
+def skip_or_fail(reason: str) -> None:
+    """Skip with ``reason``; fail instead when ``AFS_REQUIRE_BROWSER=1`` (CI: the browser tests must run)."""
+    if os.environ.get("AFS_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason} (AFS_REQUIRE_BROWSER=1: the browser tests must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _browser_available(request: Any) -> None:
+    if "browser" in request.keywords:
+        reason = _skip_reason()
+        if reason is not None:
+            skip_or_fail(reason)
 
 
 @pytest.fixture(scope="session")
 def screenshots() -> Path:
-    folder = Path(os.environ.get("AFS_ARTIFACTS_DIR") or ROOT / "artifacts" / "screenshots")
+    folder = Path(os.environ.get("AFS_ARTIFACTS_DIR") or ROOT / "artifacts") / "screenshots"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -75,7 +84,7 @@ def demo_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return Path(reuse)
     data = Path(os.environ.get("AFS_ALPACA_EVAL_DIR") or ROOT.parent / "shared" / "data" / "alpaca_eval")
     if not (data / "FuseChat-Llama-3.2-3B-Instruct.jsonl.gz").exists():
-        pytest.skip(f"AlpacaEval data not found in {data} (set AFS_ALPACA_EVAL_DIR)")
+        skip_or_fail(f"AlpacaEval data not found in {data} (set AFS_ALPACA_EVAL_DIR)")
     workdir = tmp_path_factory.mktemp("demo") / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AFS_CONTINUOUS_")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT))
