@@ -28,13 +28,33 @@ def open_read_only(config: LoopConfig) -> Any:
             older (run ``afs-continuous db upgrade``) or newer than this afs_continuous.
     """
     from .cli import _require_store
-    from .store import Store
+    from .store import Store, display_url
 
     _require_store(config)  # never create an empty store by looking at it
+    if _revision(config.store_url) is None:  # Store() would create the schema of an empty database
+        raise click.ClickException(f"no afs_continuous store at {display_url(config.store_url)}: the database has "
+                                   "no schema yet (the daemon creates it on its first start)")
     try:
         return Store(config.store_url, auto_upgrade=False)
     except AfsContinuousError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _revision(url: str) -> str | None:
+    """The store's schema revision, read without creating anything; "" when it cannot be read (Store() then
+    says why: damaged file, server unreachable, login refused)."""
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import DatabaseError
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except DatabaseError:
+        return ""
+    finally:
+        engine.dispose()
 
 
 def promotion_threshold(store: Any, config: LoopConfig) -> float:

@@ -86,3 +86,11 @@ def test_report_html_on_a_damaged_store_fails_cleanly_and_changes_nothing(tmp_pa
     proc = cli("report", "--db", str(bad), "--html", str(tmp_path / "r.html"))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and str(bad) in proc.stderr, proc.stderr
     assert bad.read_bytes() == before and not (tmp_path / "r.html").exists()
+
+
+def test_an_empty_database_is_not_given_a_schema(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    proc = cli("report", "--db", str(empty), "--html", str(tmp_path / "r.html"))
+    assert proc.returncode == 1 and "the database has no schema yet" in proc.stderr, proc.stderr
+    assert empty.stat().st_size == 0
