@@ -17,6 +17,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -83,8 +84,9 @@ def trained(tiny_model: Path, chat_data: Path, tmp_path_factory: pytest.TempPath
         device="cpu",
         **TINY_LORA_SETTINGS,
     )
+    started = time.perf_counter()
     result = train_lora(chat_data, config, on_log=logs.append)
-    return {"result": result, "logs": logs, "config": config}
+    return {"result": result, "logs": logs, "config": config, "wall_s": time.perf_counter() - started}
 
 
 def test_training_saves_an_adapter_and_reports_its_metrics(trained: dict[str, Any], tiny_model: Path) -> None:
