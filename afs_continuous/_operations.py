@@ -1,4 +1,4 @@
-"""Operator actions on the loop: promotion and rollback (private; mixed into the loop).
+"""Operator actions on the loop: promotion, rollback and forget (private; mixed into the loop).
 
 Both are recorded with who, why, when and the prior champion, end a running
 experiment, and with a serving engine load the new champion on every replica
@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from ._drops import store_errors
+from ._privacy import ForgetReport, forget
 from ._serving import rollback_target
 from .errors import NotFoundError
 from .experiment import Decision
@@ -20,7 +22,7 @@ __all__ = ["OperatorActions"]
 
 
 class OperatorActions:
-    """``promote`` and ``rollback`` of :class:`~afs_continuous.loop.ContinuousLearningLoop`."""
+    """``promote``, ``rollback`` and ``forget`` of :class:`~afs_continuous.loop.ContinuousLearningLoop`."""
 
     registry: Any
     experiments: Any
@@ -133,6 +135,39 @@ class OperatorActions:
             self._end_experiment_for(exp, version.name, why(version.name), actor, conn)
         self._invalidate()
         return version
+
+
+    def forget(self, unit_id: str | int, *, actor: str = "operator", reason: str | None = None,
+               vacuum: bool = True) -> ForgetReport:
+        """Delete every trace of a unit (what ``afs-continuous forget`` runs; see docs/privacy.md).
+
+        Removes the unit's usage records and their feedback events (comments included), their
+        ``training_samples`` rows, and their lines in the rehearsal buffer and the kept training sets
+        under ``data_dir`` (matched by content); subtracts the records from the rollups in the same
+        transactions, in batches of 1,000 records; on SQLite zeroes the deleted content, rebuilds the
+        file (``vacuum``) and truncates the write-ahead log. Records this process still queues are
+        flushed first; records queued in other processes reach the store later: the daemon removes
+        them for 7 days, and calling ``forget`` again removes them at once (idempotent). Audited in
+        ``loop_state.privacy_audit`` with ``actor``, ``reason``, the time, the counts and the unit id
+        hashed, never the texts or the raw id. Trained adapters are not changed.
+
+        Args:
+            unit_id: The unit the records were logged under (an int is used as its decimal text).
+            actor: Who asked (the audit trail).
+            reason: Why (the audit trail; no personal data).
+            vacuum: SQLite: rebuild the file with ``VACUUM`` (blocks writers for about the time it
+                takes to copy the file); False leaves copies that earlier updates left in free space.
+
+        Returns:
+            A :class:`~afs_continuous._privacy.ForgetReport` (counts, ``late_arrivals``,
+            ``recent_activity``, what was done to the store file); ``.to_dict()`` for JSON.
+
+        Raises:
+            ValueError: ``unit_id`` is empty or not a str/int, ``actor`` is empty, ``reason`` is not a str.
+            StoreError: The store failed; the rows deleted so far stay deleted, run it again.
+        """
+        with store_errors(self.store, "delete a unit's data on"):
+            return forget(self, unit_id, actor=actor, reason=reason, vacuum=vacuum)  # type: ignore[arg-type]
 
 
 def _require_files(version: ModelVersion) -> None:

@@ -34,7 +34,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
-from sqlalchemy import and_, delete, func, select, text, tuple_
+from sqlalchemy import bindparam, delete, func, select, text
 from sqlalchemy.engine import Connection
 
 from ._telemetry_tables import UsageRollup
@@ -158,22 +158,61 @@ def lock(conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_LOCK})
 
 
+def _in_list(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+# Statements built once (SQLAlchemy caches their compiled form): the writer runs them every batch;
+# on SQLite the driver runs plain SQL (no per-statement SQLAlchemy work on the writer's hot path).
+_VOTES_OF = (select(F.c.record_id, F.c.feedback).where(F.c.record_id.in_(bindparam("ids", expanding=True)))
+             .order_by(F.c.id))
+_KEYS_OF = select(U.c.id, U.c.created_at, U.c.model, U.c.experiment_id, U.c.arm).where(
+    U.c.id.in_(bindparam("ids", expanding=True)))
+_ROW_AT = select(*(R.c[c] for c in _COLUMNS)).where(
+    R.c.hour == bindparam("k_hour"), R.c.model == bindparam("k_model"),
+    R.c.experiment_id == bindparam("k_exp"), R.c.arm == bindparam("k_arm"))
+_UPSERTS: dict[str, Any] = {}
+_SQLITE_ROW_AT = (f"SELECT {', '.join(_COLUMNS)} FROM usage_rollups "
+                  "WHERE hour = ? AND model = ? AND experiment_id = ? AND arm = ?")
+_KEY_COLUMNS = ("hour", "model", "experiment_id", "arm")
+_SQLITE_UPSERT = (f"INSERT INTO usage_rollups ({', '.join(_KEY_COLUMNS + _COLUMNS)}) "
+                  f"VALUES ({_in_list(len(_KEY_COLUMNS) + len(_COLUMNS))}) "
+                  f"ON CONFLICT (hour, model, experiment_id, arm) DO UPDATE SET "
+                  f"{', '.join(f'{c} = excluded.{c}' for c in _COLUMNS)}")
+
+
+def _sqlite_hour(hour: datetime) -> str:
+    """An hour in the text form SQLAlchemy's SQLite DateTime stores (naive UTC, microseconds)."""
+    return f"{hour:%Y-%m-%d %H:%M:%S.%f}"
+
+
 def _latest_votes(conn: Connection, ids: Sequence[str]) -> dict[str, int]:
     """The latest stored vote of each record id that has events."""
     votes: dict[str, int] = {}
+    sqlite = conn.dialect.name == "sqlite"
     for chunk in _chunks(ids):
-        for rid, value in conn.execute(select(F.c.record_id, F.c.feedback).where(F.c.record_id.in_(chunk))
-                                       .order_by(F.c.id)):
+        if sqlite:  # the driver directly: this runs in every writer batch
+            rows = conn.exec_driver_sql(f"SELECT record_id, feedback FROM feedback_events WHERE record_id IN "
+                                        f"({_in_list(len(chunk))}) ORDER BY id", tuple(chunk))
+        else:
+            rows = conn.execute(_VOTES_OF, {"ids": list(chunk)})
+        for rid, value in rows:
             votes[rid] = int(value)
     return votes
 
 
 def _record_keys(conn: Connection, ids: Sequence[str]) -> dict[str, Key]:
     keys: dict[str, Key] = {}
+    sqlite = conn.dialect.name == "sqlite"
     for chunk in _chunks(ids):
-        for rid, at, model, exp, arm in conn.execute(
-                select(U.c.id, U.c.created_at, U.c.model, U.c.experiment_id, U.c.arm).where(U.c.id.in_(chunk))):
-            keys[rid] = _key(at, model, exp, arm)
+        if sqlite:
+            rows = conn.exec_driver_sql(f"SELECT id, created_at, model, experiment_id, arm FROM usage_records "
+                                        f"WHERE id IN ({_in_list(len(chunk))})", tuple(chunk))
+            for rid, at, model, exp, arm in rows:
+                keys[rid] = _key(datetime.fromisoformat(at).replace(tzinfo=timezone.utc), model, exp, arm)
+        else:
+            for rid, at, model, exp, arm in conn.execute(_KEYS_OF, {"ids": list(chunk)}):
+                keys[rid] = _key(at, model, exp, arm)
     return keys
 
 
@@ -222,24 +261,26 @@ def apply_batch(conn: Connection, records: Sequence[tuple[Any, ...]], events: Se
         _merge_into_table(conn, acc)
 
 
-def _merge_into_table(conn: Connection, acc: dict[Key, list[Any]]) -> None:
-    """Add the accumulated deltas to the stored rows (read, add, upsert; under the writers' lock)."""
-    keys = sorted(acc)
-    stored: dict[Key, list[Any]] = {}
-    for i in range(0, len(keys), 100):
-        part = keys[i:i + 100]
-        cond = tuple_(R.c.hour, R.c.model, R.c.experiment_id, R.c.arm).in_(part) if len(part) > 1 else and_(
-            R.c.hour == part[0][0], R.c.model == part[0][1], R.c.experiment_id == part[0][2], R.c.arm == part[0][3])
-        for row in conn.execute(select(R).where(cond)):
-            m = row._mapping
-            stored[(m["hour"], m["model"], m["experiment_id"], m["arm"])] = [m[c] for c in _COLUMNS]
+def _merge_into_table(conn: Connection, acc: dict[Key, list[Any]], *, empty: bool = False) -> None:
+    """Add the accumulated deltas to the stored rows (read, add, upsert; under the writers' lock).
+
+    ``empty``: the table is known to be empty (a rebuild), so nothing is read.
+    """
     out = []
-    for key in keys:
+    sqlite = conn.dialect.name == "sqlite"
+    for key in sorted(acc):
         delta = acc[key]
-        row = stored.get(key)
-        if row is None:
+        if empty:
+            stored = None
+        elif sqlite:
+            stored = conn.exec_driver_sql(_SQLITE_ROW_AT, (_sqlite_hour(key[0]), key[1], key[2], key[3])).first()
+        else:
+            stored = conn.execute(_ROW_AT, {"k_hour": key[0], "k_model": key[1], "k_exp": key[2],
+                                            "k_arm": key[3]}).first()
+        if stored is None:
             row = _new()
         else:
+            row = list(stored)
             row[_HIST] = {int(k): int(v) for k, v in json.loads(row[_HIST]).items()}
         for i in range(len(_COLUMNS)):
             if i == _HIST:
@@ -256,18 +297,25 @@ def _merge_into_table(conn: Connection, acc: dict[Key, list[Any]]) -> None:
 def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
     backend = conn.dialect.name
     if backend == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif backend == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:  # other backends: delete and insert (under the caller's transaction)
-        for r in rows:
-            conn.execute(delete(R).where(R.c.hour == r["hour"], R.c.model == r["model"],
-                                         R.c.experiment_id == r["experiment_id"], R.c.arm == r["arm"]))
-        conn.execute(R.insert(), rows)
+        conn.exec_driver_sql(_SQLITE_UPSERT, [(_sqlite_hour(r["hour"]), r["model"], r["experiment_id"], r["arm"],
+                                               *(r[c] for c in _COLUMNS)) for r in rows])
         return
-    stmt = insert(R)
-    stmt = stmt.on_conflict_do_update(index_elements=[R.c.hour, R.c.model, R.c.experiment_id, R.c.arm],
-                                      set_={c: stmt.excluded[c] for c in _COLUMNS})
+    stmt = _UPSERTS.get(backend)
+    if stmt is None:
+        if backend == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        elif backend == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:  # other backends: delete and insert (under the caller's transaction)
+            for r in rows:
+                conn.execute(delete(R).where(R.c.hour == r["hour"], R.c.model == r["model"],
+                                             R.c.experiment_id == r["experiment_id"], R.c.arm == r["arm"]))
+            conn.execute(R.insert(), rows)
+            return
+        ins = insert(R)
+        stmt = _UPSERTS[backend] = ins.on_conflict_do_update(
+            index_elements=[R.c.hour, R.c.model, R.c.experiment_id, R.c.arm],
+            set_={c: ins.excluded[c] for c in _COLUMNS})
     conn.execute(stmt, rows)
 
 
@@ -319,7 +367,7 @@ def rebuild(conn: Connection, *, chunk: int = 20_000) -> int:
             a[_VOTE_SLOT[int(vote)]] += 1
         n += 1
     if acc:
-        _merge_into_table(conn, acc)
+        _merge_into_table(conn, acc, empty=True)
     return n
 
 

@@ -1,5 +1,5 @@
 """Command line: the daemon (``afs-continuous-loop`` / ``scripts/continuous_loop.py``)
-and the operator commands (``afs-continuous status|versions|promote|rollback|runs|report``).
+and the operator commands (``afs-continuous status|versions|promote|rollback|runs|report|forget|ui``).
 
 Exit codes: 0 success; 1 runtime failure (a failed training run, an unknown
 version or run); 2 usage or configuration error (an unknown ``--baseline-version``
@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import click
 
+from ._cli_views import make_ui_command, write_html_report
 from ._imports import import_callable, train_fn_from_config
 from ._report import format_iteration, format_run_report, format_runs, format_status, format_versions
 from .config import ENV_PREFIX, LoopConfig, config_record, load_config
@@ -403,15 +404,29 @@ def runs(limit: int, status_filter: str | None, config_path: str | None, db: str
 
 
 @main.command()
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=int, required=False)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write the report as JSON to this file.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the whole store's report (every view of docs/dashboard.md) as one self-contained HTML "
+                   "file instead (needs afs-continuous[report]).")
 @_config_option
 @_db_option
 @_json_option
-def report(run_id: int, output: str | None, config_path: str | None, db: str | None, as_json: bool) -> None:
-    """Print the report of training run RUN_ID: trigger, samples per stage, source records, baseline and
-    challenger metrics (canary and online), the decision and its reasons, the resulting version."""
+def report(run_id: int | None, output: str | None, html_path: str | None, config_path: str | None, db: str | None,
+           as_json: bool) -> None:
+    """Print training run RUN_ID's report, or (--html PATH) write every view of the store to one HTML file.
+
+    RUN_ID: trigger, samples per stage, source records, baseline and challenger metrics (canary and
+    online), the decision and its reasons, the resulting version. --html: experiments, traffic, quality,
+    latency, training runs and the audit trail as charts (docs/dashboard.md)."""
+    if html_path is not None:
+        if run_id is not None or output is not None or as_json:
+            raise click.UsageError("--html writes the whole store's report: give no RUN_ID, --output or --json")
+        write_html_report(_load(config_path, db), html_path)
+        return
+    if run_id is None:
+        raise click.UsageError("give a RUN_ID (one run's report) or --html PATH (the whole store's report)")
     loop = _open_loop(_load(config_path, db))
     try:
         data = loop.runs.get(run_id).to_dict()
@@ -515,6 +530,12 @@ def _upgrade(url: str) -> tuple[str | None, str]:
         return before, str(store.schema_revision())
     finally:
         store.dispose()
+
+
+from ._cli_privacy import forget_command  # noqa: E402
+
+main.add_command(forget_command(sys.modules[__name__]))  # built with the options above
+main.add_command(make_ui_command(_config_option, _db_option))  # the dashboard (afs_continuous._cli_views)
 
 
 def daemon_main() -> None:

@@ -505,6 +505,10 @@ class LoopConfig(_Config):
     lease_ttl_s: StrictFloat = Field(
         300.0, gt=0, description="The daemon's lease on the store lasts this long without renewal, seconds; a crashed daemon blocks others at most this long."
     )
+    retention_days: StrictFloat | None = Field(
+        None, gt=0, description="The daemon deletes usage records and feedback older than this many days (kept while the running "
+        "experiment or the drift watch needs them; rollups stay); None: kept forever. See docs/privacy.md."
+    )
     trigger_config: TriggerConfig = Field(default_factory=TriggerConfig)
     generator_config: DataGeneratorConfig = Field(default_factory=DataGeneratorConfig)
     ab_test_config: ABTestConfig = Field(default_factory=ABTestConfig)

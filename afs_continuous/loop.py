@@ -14,8 +14,8 @@ when A/B testing is off).
 
 Operations: :meth:`~ContinuousLearningLoop.promote` and
 :meth:`~ContinuousLearningLoop.rollback` (recorded with who, why, when and the
-prior champion), and ``loop.runs.get(run_id)`` / ``loop.runs.list()`` for the
-training-run reports.
+prior champion), :meth:`~ContinuousLearningLoop.forget` (a unit's data, docs/privacy.md),
+and ``loop.runs.get(run_id)`` / ``loop.runs.list()`` for the training-run reports.
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ from ._exposure import remember
 from ._drops import store_errors, store_problem
 from ._imports import train_fn_from_config
 from ._pipeline import RetrainPipeline, TrainFn
+from ._privacy import maintain
 from ._signals import StopSignals
 from ._status import status_summary
 from .clock import Clock, utc_now
 from .config import LoopConfig, config_record
-from .errors import NotFoundError
+from .errors import NotFoundError, StoreError
 from ._operations import OperatorActions
 from ._serving import ServingSupport
 from .serving import EngineError, make_engine
@@ -52,7 +53,6 @@ from .logger import UsageLogger
 from .monitor import DriftMonitor
 from .registry import ModelRegistry, ModelVersion
 from .runs import RunStatus, TrainingRunLog, owner_id
-from .errors import StoreError
 from .store import Store
 from .triggers import TriggerChecker, TriggerType
 
@@ -84,12 +84,10 @@ class ContinuousLearningLoop(OperatorActions):
             (:meth:`Store.quick_check`, reads the whole file: about 1 s per GB).
             The daemon and the operator commands do; workers need not (damage
             is reported as :class:`StoreError` by the first statement that hits it).
-        redact_fn: ``redact_fn(text) -> text`` for every logged text and feedback comment, before
-            it is queued (default: ``logger_config.redact_fn``; see :class:`UsageLogger`).
+        redact_fn: ``redact_fn(text) -> text`` for logged texts (default ``logger_config.redact_fn``; see UsageLogger).
 
     Raises:
         StoreError: The store cannot be opened, or (``verify_store``) is damaged.
-        ConfigError: ``logger_config.redact_fn`` cannot be imported.
 
     Example:
         >>> import tempfile, os
@@ -286,8 +284,9 @@ class ContinuousLearningLoop(OperatorActions):
             ``{"timestamp", "retrain_triggered": bool, "trigger": {...},
             "experiment": {...} | None, "drift": {...} | None, "retrain": {"status",
             "run_id", "counts", "baseline_version", "metrics", "canary",
-            "model_version", "model_path", "reasons", "error", ...}}``
-            (``retrain`` only when triggered).
+            "model_version", "model_path", "reasons", "error", ...}, "privacy":
+            {"late_arrivals", "retention"}}`` (``retrain`` only when triggered;
+            ``privacy`` only with ``retention_days`` set or a recent ``forget``).
 
         Raises:
             NotFoundError: ``baseline_version`` names no model version; nothing is done.
@@ -380,6 +379,9 @@ class ContinuousLearningLoop(OperatorActions):
             result["experiment"] = evaluation.to_dict()
             self._act_on(exp, evaluation)
         self.store.set_state("last_iteration_at", now)
+        privacy = maintain(self, now)  # late arrivals of forgotten units; retention (docs/privacy.md)
+        if privacy is not None:
+            result["privacy"] = privacy
         running = self.experiments.active()
         blocked = f"challenger {running.challenger!r} is still under test" if running is not None else None
         trig = self.triggers.check(now=now, manual=manual, blocked_by=blocked)

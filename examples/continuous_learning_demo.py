@@ -13,7 +13,8 @@
    FuseChat-Llama-3.1-8B-Instruct (the demo says so when it starts).
 5. The clock moves hour by hour (the daemon's hourly check); after 48 h the
    experiment is evaluated, the challenger is promoted, and the status summary
-   is printed.
+   is printed, and every view of the run is written to one HTML file
+   (``report.html`` in the workdir; see docs/dashboard.md).
 
 Usage:
     python examples/continuous_learning_demo.py [--data-dir DIR] [--workdir DIR] [--seed N]
@@ -80,6 +81,17 @@ def latency_ms(output: str, tokens_per_s: float) -> float:
 
 def thumbs(preference: float) -> int:
     return 1 if preference > 1.5 else -1
+
+
+def write_html_report(loop: ContinuousLearningLoop, path: Path) -> str:
+    """The dashboard's views of this run as one HTML file (afs-continuous report --html; needs plotly)."""
+    from afs_continuous._html_report import write_report
+    from afs_continuous.errors import AfsContinuousError
+
+    try:
+        return f"report: {write_report(loop.store, path, now=loop.clock())} (open it in a browser)"
+    except AfsContinuousError as exc:  # plotly missing: the demo still ran
+        return f"report: not written ({exc})"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -248,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         say()
         say(f"audit: {champion.name} became champion at {last['at']} by {last['actor']} "
             f"(prior champion {last.get('prior_champion')}): {last['reason']}")
+    say()
+    say(write_html_report(loop, workdir / "report.html"))
     loop.close()
     say()
     say(f"done in {time.perf_counter() - t0:.0f} s, {timing.get('training_s', 0.0):.0f} s of it LoRA training "

@@ -321,9 +321,14 @@ def train_lora(
         "epochs": float (epochs actually run), "steps": int (optimizer
         steps), "base_model": str, "lora": {"rank", "alpha", "dropout",
         "target_modules"}, "device": str, "n_trainable_params": int,
-        "duration_s": float (wall clock, loading included)}``. Losses are
-        mean token cross-entropy in nats; the eval losses are None when
-        ``validation_fraction`` is 0.
+        "duration_s": float (wall clock, loading included), "loss_curve":
+        [{"step": int, "loss": float}] (every logged training loss, each the
+        mean since the previous log, ``logging_steps`` apart), "eval_curve":
+        [{"step": int, "eval_loss": float}] (step 0 before training, the last
+        step after; empty without a validation split)}``. Losses are mean
+        token cross-entropy in nats; the eval losses are None when
+        ``validation_fraction`` is 0. The loop stores this dict as the run's
+        metrics, which the dashboard (docs/dashboard.md) draws.
 
     Raises:
         TrainingError: The data file is missing, empty or malformed, no
@@ -384,6 +389,10 @@ def train_lora(
         "device": device,
         "n_trainable_params": int(n_trainable),
         "duration_s": time.perf_counter() - started,
+        "loss_curve": [{"step": int(e["step"]), "loss": float(e["loss"])}
+                       for e in trainer_state.log_history if "loss" in e and "step" in e],
+        "eval_curve": [{"step": s, "eval_loss": v} for s, v in ((0, eval_before), (int(trainer_state.global_step),
+                                                                               eval_after)) if v is not None],
     }
     (run_dir / "afs_training.json").write_text(
         json.dumps({"result": result, "config": config.model_dump(mode="json")}, indent=2) + "\n", encoding="utf-8"

@@ -17,6 +17,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -83,8 +84,9 @@ def trained(tiny_model: Path, chat_data: Path, tmp_path_factory: pytest.TempPath
         device="cpu",
         **TINY_LORA_SETTINGS,
     )
+    started = time.perf_counter()
     result = train_lora(chat_data, config, on_log=logs.append)
-    return {"result": result, "logs": logs, "config": config}
+    return {"result": result, "logs": logs, "config": config, "wall_s": time.perf_counter() - started}
 
 
 def test_training_saves_an_adapter_and_reports_its_metrics(trained: dict[str, Any], tiny_model: Path) -> None:
@@ -124,6 +126,10 @@ def test_loss_falls(trained: dict[str, Any]) -> None:
     assert [e["step"] for e in logs] == sorted({e["step"] for e in logs})
     assert set(logs[0]) == {"step", "loss", "learning_rate", "epoch"}
     assert logs[-1]["loss"] < logs[0]["loss"]
+    # the curve the dashboard draws: every logged loss, and the eval loss before and after training
+    assert result["loss_curve"] == [{"step": e["step"], "loss": e["loss"]} for e in logs]
+    assert result["eval_curve"] == [{"step": 0, "eval_loss": result["eval_loss_before"]},
+                                    {"step": result["steps"], "eval_loss": result["eval_loss"]}]
 
 
 def test_adapter_loads_back_with_peft(trained: dict[str, Any], tiny_model: Path) -> None:
@@ -337,7 +343,7 @@ def test_training_lora_in_a_loop_config_trains_from_python_under_the_data_folder
     """Issue 11 items 17 and 20: ``LoopConfig(training={"lora": ...})`` trains from ``run_iteration()``; the
     adapters go under ``<data_dir>/adapters`` (not the current directory), named from the loop's clock."""
     monkeypatch.chdir(tmp_path)
-    lora = {"base_model": str(tiny_model), "max_steps": 2, "validation_fraction": 0, "max_length": 64,
+    lora = {"base_model": str(tiny_model), "max_steps": 2, "validation_fraction": 0, "max_length": 64, "logging_steps": 1,
             "batch_size": 4, "device": "cpu"}
     loop = make_loop(tmp_path, clock, training={"lora": lora},
                      trigger_config={"min_new_samples": None, "schedule_interval_hours": None,
@@ -352,6 +358,9 @@ def test_training_lora_in_a_loop_config_trains_from_python_under_the_data_folder
     assert adapter == tmp_path / "data" / "adapters" / f"run-00001-{clock():%Y%m%dT%H%M%SZ}"
     assert (adapter / "adapter_config.json").is_file()
     assert not (tmp_path / "adapters").exists()
+    # the loss curve reaches the run's stored metrics (what the dashboard draws); no validation split, no eval curve
+    stored = loop.runs.get(retrain["run_id"]).metrics
+    assert [e["step"] for e in stored["loss_curve"]] == [1, 2] and stored["eval_curve"] == []
 
 
 def test_adapter_folders_are_named_from_the_clock_and_never_reused(tiny_model: Path, chat_data: Path,

@@ -108,6 +108,8 @@ def test_unknown_key_without_close_match_has_no_suggestion() -> None:
         ({"trigger_config": {"min_new_samples": 0}}, r"trigger_config\.min_new_samples"),
         ({"database_url": "/var/lib/usage.db"}, r"database_url must be a SQLAlchemy URL"),
         ({"trigger_config": 5}, r"trigger_config"),
+        ({"retention_days": 0}, r"retention_days: .*greater than 0"),
+        ({"retention_days": "30"}, r"retention_days: .*'30'"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_key(data: dict, pattern: str) -> None:
@@ -208,6 +210,8 @@ def test_precedence_overrides_then_env_then_file_then_default(tmp_path: Path) ->
         ('{"generator_config": {"min_user_feedback": true}}', r"generator_config\.min_user_feedback: .*valid integer"),
         ('{"generator_config": {"min_quality_score": false}}', r"generator_config\.min_quality_score: .*valid number"),
         ('{"enable_ab_testing": 1}', r"enable_ab_testing: .*valid boolean.*1"),
+        ('{"retention_days": NaN}', r"retention_days: .*finite"),
+        ('{"retention_days": true}', r"retention_days: .*valid number.*True"),
         ('{"enable_ab_testing": "true"}', r"enable_ab_testing: .*valid boolean.*'true'"),
         ('{"logger_config": {"flush_on_sigterm": "yes"}}', r"logger_config\.flush_on_sigterm: .*valid boolean"),
         ('{"training": {"canary_min_metrics": {"accuracy": "0.8"}}}', r"training\.canary_min_metrics\.accuracy: .*valid number"),

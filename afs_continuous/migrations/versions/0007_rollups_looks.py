@@ -2,7 +2,8 @@
 
 New tables ``usage_rollups`` (per hour, model version and exposure: calls, quality, latency
 histogram, latest-vote counts, tokens, fallbacks; see :mod:`afs_continuous._rollups`) and
-``experiment_looks`` (every evaluation the daemon made). The rollups of an existing store are
+``experiment_looks`` (every evaluation the daemon made), and an index on ``usage_records.unit_id``
+(deletion of one unit's data). The rollups of an existing store are
 built from its records here (one pass over ``usage_records``); the last evaluation of each
 existing experiment becomes its first stored look.
 
@@ -56,6 +57,7 @@ def upgrade() -> None:
         sa.Column("evaluation_json", sa.Text(), nullable=False),
     )
     op.create_index("ix_experiment_looks_experiment", "experiment_looks", ["experiment_id", "evaluated_at"])
+    op.create_index("ix_usage_unit_id", "usage_records", ["unit_id"])  # forget(unit_id=...) without a scan
 
     from afs_continuous._looks import LOOKS, look_row
     from afs_continuous._rollups import rebuild
@@ -71,6 +73,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_usage_unit_id", table_name="usage_records")
     op.drop_index("ix_experiment_looks_experiment", table_name="experiment_looks")
     op.drop_table("experiment_looks")
     op.drop_table("usage_rollups")
