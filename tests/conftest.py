@@ -301,3 +301,20 @@ def damaged_store() -> Callable[[Path], tuple[Path, bytes]]:
         return db, bytes(data)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def sqlite_rows() -> Callable[[Path], list[Any]]:
+    """``sqlite_rows(path)``: every row of every table of a SQLite store, sorted (what a read-only
+    reader must leave exactly as it was)."""
+    import sqlite3
+
+    def read(path: Path) -> list[Any]:
+        conn = sqlite3.connect(path)
+        try:
+            tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+            return [(t, sorted(map(repr, conn.execute(f'SELECT * FROM "{t}"')))) for t in tables]
+        finally:
+            conn.close()
+
+    return read

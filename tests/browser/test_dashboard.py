@@ -63,11 +63,11 @@ def _copy_store(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_the_dashboard_serves_every_page_and_shows_new_records_on_reload(demo_workdir: Path, open_page, start_ui,
-                                                                         screenshots: Path, tmp_path: Path) -> None:
+def test_the_dashboard_serves_every_page_and_shows_new_records_on_reload(
+        demo_workdir: Path, open_page, start_ui, screenshots: Path, tmp_path: Path, sqlite_rows) -> None:
     db = _copy_store(demo_workdir / "usage.db", tmp_path / "usage.db")
     server = start_ui(db)
-    stored = _content(db)
+    stored = sqlite_rows(db)
     pages = {"/": (TRAFFIC, *DAILY), "/experiments/1": EXPERIMENT, "/runs": RUN, "/runs/1": RUN,
              "/experiments": (), "/versions": ()}
     page = open_page()  # one page for every route: plotly.js is loaded from the server once, then cached
@@ -76,7 +76,7 @@ def test_the_dashboard_serves_every_page_and_shows_new_records_on_reload(demo_wo
         _assert_charts(page.charts(), titles)
         assert page.errors == [], (route, page.errors)
         page.shot(screenshots, "ui" + (route.replace("/", "-") if route != "/" else "-overview"))
-    assert _content(db) == stored  # serving every page wrote nothing
+    assert sqlite_rows(db) == stored  # serving every page wrote nothing
     versions = page.page.inner_text("body")  # the last page: versions and audit
     assert "fusechat-3b-ft1" in versions and "promote" in versions and "replaced by fusechat-3b-ft1" in versions
     page.page.click("text=Experiments")  # the header's links lead to the pages
@@ -104,16 +104,6 @@ def test_the_dashboard_serves_every_page_and_shows_new_records_on_reload(demo_wo
     assert [e["id"] for e in data["experiments"]] == [1] and data["training_runs"][0]["loss_curve"]
     response = page.page.goto(server.url + "/experiments/99")
     assert response is not None and response.status == 404
-
-
-def _content(path: Path) -> list:
-    """Every row of every table of a SQLite store (what a read-only reader must leave as it was)."""
-    conn = sqlite3.connect(path)
-    try:
-        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
-        return [(t, sorted(map(repr, conn.execute(f'SELECT * FROM "{t}"')))) for t in tables]
-    finally:
-        conn.close()
 
 
 def _traffic_sum(page) -> int:

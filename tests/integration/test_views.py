@@ -118,27 +118,16 @@ def test_an_unknown_experiment_is_none_and_an_empty_store_has_empty_views(tmp_pa
     assert "No experiment yet." in page and "No training run yet." in page and "No usage recorded yet." in page
 
 
-def test_the_views_write_nothing(experiment_loop, clock, alpaca) -> None:
+def test_the_views_write_nothing(experiment_loop, clock, alpaca, sqlite_rows) -> None:
     loop = experiment_loop
     _replay(loop, clock, alpaca, hours=1, per_hour=50)
     if not loop.store.is_sqlite:
         pytest.skip("checked on SQLite (the file's content)")
     loop.close()
     path = loop.store.path
-    before = _content(path)
+    before = sqlite_rows(path)
     views.dashboard(Store(str(path), auto_upgrade=False), now=clock() + timedelta(hours=1))
-    assert _content(path) == before
-
-
-def _content(path) -> list:
-    import sqlite3
-
-    conn = sqlite3.connect(path)
-    try:
-        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
-        return [(t, sorted(map(repr, conn.execute(f'SELECT * FROM "{t}"')))) for t in tables]
-    finally:
-        conn.close()
+    assert sqlite_rows(path) == before
 
 
 def test_a_failed_run_shows_its_error_and_a_curve_returned_by_a_custom_train_fn_is_drawn(
