@@ -15,6 +15,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -318,3 +323,63 @@ def sqlite_rows() -> Callable[[Path], list[Any]]:
             conn.close()
 
     return read
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``afs-continuous ui`` as a real subprocess on a free port."""
+
+    def __init__(self, store: Path | list[str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AFS_CONTINUOUS_")}
+        env["PYTHONPATH"] = str(Path(__file__).parents[1])
+        store_args = store if isinstance(store, list) else ["--db", str(store)]
+        self.proc = subprocess.Popen([sys.executable, "-m", "afs_continuous.cli", "ui", *store_args,
+                                      "--port", str(self.port)], env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"ui exited {self.proc.returncode}: {self.proc.stderr.read()}")
+            try:
+                with urllib.request.urlopen(self.url + "/static/plotly.min.js", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("ui did not answer within 60 s")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def start_ui() -> Iterator[Any]:
+    """``start_ui(store) -> Server``: ``afs-continuous ui`` as a real subprocess on a free port, stopped at
+    teardown; ``store`` is a SQLite file or the command's store arguments (``["--config", path]``)."""
+    servers: list[Server] = []
+
+    def start(store: Path | list[str]) -> Server:
+        servers.append(Server(store))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -164,61 +161,3 @@ def open_page(browser: Any) -> Iterator[Any]:
     yield make
     for p in pages:
         p.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """``afs-continuous ui`` as a real subprocess on a free port."""
-
-    def __init__(self, db: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AFS_CONTINUOUS_")}
-        env["PYTHONPATH"] = str(ROOT)
-        self.proc = subprocess.Popen([sys.executable, "-m", "afs_continuous.cli", "ui", "--db", str(db),
-                                      "--port", str(self.port)], env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"ui exited {self.proc.returncode}: {self.proc.stderr.read()}")
-            try:
-                with urllib.request.urlopen(self.url + "/static/plotly.min.js", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError("ui did not answer within 60 s")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
-@pytest.fixture
-def start_ui() -> Iterator[Any]:
-    """``start_ui(db_path) -> Server``: ``afs-continuous ui`` on the store, stopped at teardown."""
-    servers: list[Server] = []
-
-    def start(db: Path) -> Server:
-        servers.append(Server(db))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop()

@@ -94,3 +94,32 @@ def test_an_empty_database_is_not_given_a_schema(tmp_path: Path) -> None:
     proc = cli("report", "--db", str(empty), "--html", str(tmp_path / "r.html"))
     assert proc.returncode == 1 and "the database has no schema yet" in proc.stderr, proc.stderr
     assert empty.stat().st_size == 0
+
+
+def test_ui_serves_the_store_live_on_sqlite_and_postgresql(tmp_path: Path, clock, make_loop, start_ui) -> None:
+    """The dashboard on the test's store (a PostgreSQL schema in the PostgreSQL stage): every page
+    answers, and a record logged after the server started is in the next response (no restart)."""
+    import json
+    import urllib.request
+
+    pytest.importorskip("fastapi")
+    pytest.importorskip("plotly")
+    loop = make_loop(tmp_path, clock)
+    for i in range(30):
+        loop.log_usage(f"q{i}", f"a{i}", loop.route(str(i)), latency_ms=200.0 + i, quality_score=0.8, unit_id=str(i))
+    loop.logger.flush()
+    config = tmp_path / "ui.json"
+    config.write_text(json.dumps({"db_path": loop.config.db_path, "database_url": loop.config.database_url}))
+    server = start_ui(["--config", str(config)])
+
+    def calls() -> int:
+        with urllib.request.urlopen(server.url + "/api/views", timeout=30) as r:
+            return int(json.load(r)["overview"]["traffic_24h"]["calls"])
+
+    for page in ("/", "/experiments", "/runs", "/versions"):
+        with urllib.request.urlopen(server.url + page, timeout=30) as r:
+            assert r.status == 200 and "afs_continuous" in r.read().decode()
+    assert calls() == 30
+    loop.log_usage("one more", "answer", loop.route("x"), latency_ms=210.0, unit_id="x")
+    loop.logger.flush()
+    assert calls() == 31
