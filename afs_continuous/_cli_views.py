@@ -120,7 +120,9 @@ def _serve(host: str, port: int, allow_remote: bool, config_path: str | None, db
                                    "pip install 'afs-continuous[ui]'") from None
     store = open_read_only(config)
     try:
-        app = create_app(store, promotion_threshold=promotion_threshold(store, config))
+        # on loopback, only loopback Host headers: a page rebinding its domain to 127.0.0.1 gets 400
+        hosts = ["127.0.0.1", "localhost", "[::1]", "::1", host] if host in LOCAL_HOSTS else None
+        app = create_app(store, promotion_threshold=promotion_threshold(store, config), allowed_hosts=hosts)
     except AfsContinuousError as exc:
         store.dispose()
         raise click.ClickException(str(exc)) from None

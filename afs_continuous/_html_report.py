@@ -269,6 +269,7 @@ def write_report(store: Store, path: str | os.PathLike[str], *, now: datetime | 
     text = render_report(views.dashboard(store, now=now, promotion_threshold=promotion_threshold))
     out = Path(path).expanduser().absolute()
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # names of versions and reasons: owner only
+    os.fchmod(fd, 0o600)  # also when it overwrites an existing file
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
     return out

@@ -53,11 +53,14 @@ def redact(fn: RedactFn, text: str, field: str) -> str:
     Raises:
         RedactionError: ``fn`` raised, or returned something other than a str.
     """
+    failed = None
     try:
         out = fn(text)
     except Exception as exc:  # noqa: BLE001 - any failure means: do not store this text
-        raise RedactionError(f"redact_fn {_name(fn)} raised {type(exc).__name__} on {field}; nothing was stored "
-                             "(its message is not shown: it may quote the unredacted text)") from None
+        failed = type(exc).__name__
+    if failed is not None:  # raised outside the except block: the original is not even in __context__
+        raise RedactionError(f"redact_fn {_name(fn)} raised {failed} on {field}; nothing was stored "
+                             "(its message is not shown: it may quote the unredacted text)")
     if not isinstance(out, str):
         raise RedactionError(f"redact_fn {_name(fn)} must return a str, returned {type(out).__name__} for {field}; "
                              "nothing was stored")

@@ -244,7 +244,7 @@ def apply_batch(conn: Connection, records: Sequence[tuple[Any, ...]], events: Se
     stored_keys = _record_keys(conn, [rid for rid in final if rid not in new_keys]) if final else {}
     for rid, key in new_keys.items():
         vote = final.get(rid, prior.get(rid))
-        if vote is not None:
+        if vote in _VOTE_SLOT:  # -1, 0, 1 (the logger validates; a hand-written row may hold anything)
             a = acc[key]
             a[_VOTE_SLOT[vote]] += 1
     for rid, key in stored_keys.items():
@@ -254,9 +254,10 @@ def apply_batch(conn: Connection, records: Sequence[tuple[Any, ...]], events: Se
         a = acc.get(key)
         if a is None:
             a = acc[key] = _new()
-        if old is not None:
+        if old in _VOTE_SLOT:
             a[_VOTE_SLOT[old]] -= 1
-        a[_VOTE_SLOT[new]] += 1
+        if new in _VOTE_SLOT:
+            a[_VOTE_SLOT[new]] += 1
     if acc:
         _merge_into_table(conn, acc)
 
@@ -337,7 +338,7 @@ def subtract_records(conn: Connection, ids: Sequence[str]) -> int:
                 a = acc[key] = _new()
             _add_record(a, lat, q, p_tok, c_tok, fallback, sign=-1)
             vote = votes.get(rid)
-            if vote is not None:
+            if vote in _VOTE_SLOT:
                 a[_VOTE_SLOT[vote]] -= 1
             n += 1
     if acc:
@@ -363,7 +364,7 @@ def rebuild(conn: Connection, *, chunk: int = 20_000) -> int:
         if a is None:
             a = acc[key] = _new()
         _add_record(a, lat, q, p_tok, c_tok, fallback)
-        if vote is not None:
+        if vote is not None and int(vote) in _VOTE_SLOT:
             a[_VOTE_SLOT[int(vote)]] += 1
         n += 1
     if acc:

@@ -70,9 +70,11 @@ def _drops(loop: Any, now: Any) -> dict[str, Any]:
 def _last_24h(loop: Any, now: Any) -> dict[str, Any]:
     from ._rollups import window_by_model
 
+    from ._rollups import hour_of
+
+    since = hour_of(now) - timedelta(hours=23)  # 24 hourly rollups: this hour and the 23 before
     with loop.store.read() as conn:
-        return {"since": (now - timedelta(hours=24)).isoformat(),
-                "by_model": window_by_model(conn, since=now - timedelta(hours=24))}
+        return {"since": since.isoformat(), "by_model": window_by_model(conn, since=since)}
 
 
 def _iso(value: Any) -> str | None:

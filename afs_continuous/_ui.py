@@ -32,18 +32,27 @@ def _link(kind: str, key: Any) -> str:
     return f"/experiments/{key}" if kind == "experiment" else f"/runs/{key}"
 
 
-def create_app(store: Store, *, promotion_threshold: float | None = None) -> FastAPI:
+def create_app(store: Store, *, promotion_threshold: float | None = None,
+               allowed_hosts: list[str] | None = None) -> FastAPI:
     """The dashboard app over ``store`` (opened by the caller; read only here).
 
     Args:
         store: The store to read.
         promotion_threshold: Shown for experiments whose looks recorded none (fraction).
+        allowed_hosts: ``Host`` header values served (Starlette's ``TrustedHostMiddleware``);
+            others get 400. ``afs-continuous ui`` on a loopback address passes the loopback
+            names, so a web page that rebinds its domain to 127.0.0.1 (DNS rebinding) cannot
+            read the dashboard. None: every host.
 
     Raises:
         AfsContinuousError: plotly is not installed (names ``afs-continuous[ui]``'s parts).
     """
     plotly_js = H.plotly_js()  # fail at start, not at the first page, when plotly is missing
     app = FastAPI(title="afs_continuous dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    if allowed_hosts is not None:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
 
     def html(title: str, body: str) -> HTMLResponse:
         return HTMLResponse(H.page(title, body, script=_SCRIPT, nav=_NAV, note=f"store {H.esc(store.display_url)}"),

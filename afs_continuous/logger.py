@@ -385,7 +385,9 @@ class UsageLogger:
             ``{"total", "with_feedback", "positive_feedback", "negative_feedback",
             "feedback_rate" (fraction 0..1), "avg_quality_score" (0.0 when no
             record has a score; see "n_scored"), "n_scored", "avg_latency_ms", "by_model": {name: count},
-            "first_at", "last_at" (ISO 8601 or None), "writer": {...}}``.
+            "first_at", "last_at" (ISO 8601 or None: the oldest and newest records still stored;
+            the counts come from the hourly rollups and keep records that retention deleted),
+            "writer": {...}}``.
         """
         self.flush()
         from ._queries import usage_statistics

@@ -43,6 +43,8 @@ def test_report_needs_a_run_id_or_html(store: Path) -> None:
 def test_report_html_writes_one_private_file_and_never_creates_a_store(store: Path, tmp_path: Path) -> None:
     pytest.importorskip("plotly")
     out = tmp_path / "report.html"
+    out.write_text("an older report, readable by all")
+    out.chmod(0o644)  # overwritten: owner-only all the same
     proc = cli("report", "--db", str(store), "--html", str(out))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"report written to {out} (open it in a browser)\n"
@@ -100,6 +102,7 @@ def test_ui_serves_the_store_live_on_sqlite_and_postgresql(tmp_path: Path, clock
     """The dashboard on the test's store (a PostgreSQL schema in the PostgreSQL stage): every page
     answers, and a record logged after the server started is in the next response (no restart)."""
     import json
+    import urllib.error
     import urllib.request
 
     pytest.importorskip("fastapi")
@@ -120,6 +123,11 @@ def test_ui_serves_the_store_live_on_sqlite_and_postgresql(tmp_path: Path, clock
         with urllib.request.urlopen(server.url + page, timeout=30) as r:
             assert r.status == 200 and "afs_continuous" in r.read().decode()
     assert calls() == 30
+    # DNS rebinding: a page whose domain now points at 127.0.0.1 sends its own Host header: refused
+    rebound = urllib.request.Request(server.url + "/api/views", headers={"Host": "attacker.example"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(rebound, timeout=30)
+    assert refused.value.code == 400
     loop.log_usage("one more", "answer", loop.route("x"), latency_ms=210.0, unit_id="x")
     loop.logger.flush()
     assert calls() == 31

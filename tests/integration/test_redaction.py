@@ -142,7 +142,7 @@ def test_a_failing_redactor_stores_nothing_and_never_shows_the_text(tmp_path: Pa
         logger.log("my password is hunter2", "ok", "m")
     message = str(err.value)
     assert "fails_on_secret" in message and "query" in message and "KeyError" in message
-    assert "hunter2" not in message and err.value.__cause__ is None and err.value.__suppress_context__
+    assert "hunter2" not in message and err.value.__cause__ is None and err.value.__context__ is None
     assert isinstance(err.value, ValueError)
     with pytest.raises(RedactionError, match=r"messages\[1\]\.content"):
         logger.log(messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hunter2"}],
