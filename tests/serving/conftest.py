@@ -93,9 +93,11 @@ class VLLMServer:
         env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1",
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         env.pop("PYTHONPATH", None)  # the engine's environment, not the SDK's
+        # float32: with bfloat16, vLLM-CPU 0.32's worker dies of SIGILL on an AMX machine at the first
+        # batch mixing the base model and a LoRA after a restart (docs/serving.md); AFS_VLLM_DTYPE overrides
         cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
                "--served-model-name", SERVED_NAME, "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2",
-               "--dtype", "bfloat16", "--max-model-len", "512", "--host", "127.0.0.1", "--port", str(self.port)]
+               "--dtype", os.environ.get("AFS_VLLM_DTYPE", "float32"), "--max-model-len", "512", "--host", "127.0.0.1", "--port", str(self.port)]
         self.starts += 1
         log = open(self.log_dir / f"vllm-{self.starts}.log", "wb")
         t0 = time.monotonic()

@@ -119,7 +119,7 @@ def test_the_daemon_keeps_vllm_in_step(vllm_server: VLLMServer, tiny_base: Path,
     fallback = loop.report_unavailable(routed, body["error"]["message"])
     assert fallback.name == "base"
     status, body = server.complete(loop.served_model_name(fallback))
-    assert status == 200 and body["model"] == SERVED_NAME
+    assert status == 200 and body["model"] == SERVED_NAME, body
     assert loop._serving.wait_for_reloads(300)
     assert "base-ft3" in server.models()
     assert _serve(server, loop, unit) == ("base-ft3", "base-ft3")
