@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import pathlib
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -37,7 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from afs_continuous._io import make_private_dirs
 from afs_continuous.errors import ConfigError, TrainingError
-from afs_continuous.training._data import _build_splits, _PadCollator, load_chat_records
+from afs_continuous.training._data import _build_splits, load_chat_records
+from afs_continuous.training._trainer import _make_emitter, _run_trainer
 
 __all__ = [
     "Device",
@@ -465,88 +465,6 @@ def _apply_lora(model: Any, config: LoRATrainingConfig, base_path: pathlib.Path)
     except ValueError as exc:
         raise TrainingError(f"cannot apply LoRA with target_modules={targets!r} to '{base_path}': {exc}") from exc
     return peft_model, targets if isinstance(targets, str) else list(targets)
-
-
-def _run_trainer(
-    model: Any, tokenizer: Any, train_set: Any, eval_set: Any, config: LoRATrainingConfig, device: str,
-    emit: LogCallback,
-) -> tuple[float | None, float, float | None, Any]:
-    """Evaluate, train and evaluate again with ``transformers.Trainer``.
-
-    Returns ``(eval_loss_before, train_loss, eval_loss_after, trainer.state)``;
-    the eval losses are None without a validation split.
-    """
-    from transformers import Trainer, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    with tempfile.TemporaryDirectory(prefix="afs-lora-") as scratch:  # nothing is saved there
-        args = TrainingArguments(
-            output_dir=scratch,
-            num_train_epochs=config.epochs,
-            max_steps=config.max_steps if config.max_steps is not None else -1,
-            learning_rate=config.learning_rate,
-            per_device_train_batch_size=config.batch_size,
-            per_device_eval_batch_size=config.batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            logging_steps=config.logging_steps,
-            seed=config.seed,
-            data_seed=config.seed,
-            use_cpu=device == "cpu",
-            eval_strategy="no",
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            remove_unused_columns=False,  # the collator builds exactly the model's inputs
-            label_names=["labels"],
-            prediction_loss_only=True,  # never keep vocab-sized logits around
-            dataloader_pin_memory=device == "cuda",
-        )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            data_collator=_PadCollator(int(tokenizer.pad_token_id)),
-            train_dataset=train_set,
-            eval_dataset=eval_set,
-            callbacks=[_log_callback(emit)],
-        )
-        # Library code must not print: drop the stdout printer (and any bar).
-        trainer.remove_callback(PrinterCallback)
-        trainer.remove_callback(ProgressCallback)
-        eval_before = float(trainer.evaluate()["eval_loss"]) if eval_set is not None else None
-        train_loss = float(trainer.train().training_loss)
-        eval_after = float(trainer.evaluate()["eval_loss"]) if eval_set is not None else None
-    return eval_before, train_loss, eval_after, trainer.state
-
-
-def _make_emitter(on_log: LogCallback | None) -> LogCallback:
-    level = logging.INFO if on_log is None else logging.DEBUG
-
-    def emit(entry: dict[str, Any]) -> None:
-        logger.log(level, "step %d loss %.4f (lr %.3g, epoch %.2f)", entry["step"], entry["loss"],
-                   entry["learning_rate"], entry["epoch"])
-        if on_log is not None:
-            on_log(entry)
-
-    return emit
-
-
-def _log_callback(emit: LogCallback) -> Any:
-    """A ``TrainerCallback`` forwarding each logged training loss to ``emit``."""
-    from transformers import TrainerCallback
-
-    class _ForwardLosses(TrainerCallback):  # type: ignore[misc]
-        def on_log(
-            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
-        ) -> None:
-            if logs and "loss" in logs:
-                emit({
-                    "step": int(state.global_step),
-                    "loss": float(logs["loss"]),
-                    "learning_rate": float(logs.get("learning_rate", math.nan)),
-                    "epoch": float(logs.get("epoch", state.epoch or 0.0)),
-                })
-
-    return _ForwardLosses()
 
 
 class LoRATrainFn:
