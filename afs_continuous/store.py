@@ -29,20 +29,20 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import Boolean, Column, Index, Integer, String, Text, event, false, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy import Boolean, Column, Index, Integer, String, Text, false, text
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlmodel import Field, SQLModel, create_engine
 
 from ._io import make_private_dirs
-from ._store_errors import corruption_message, directory_message, display_url, is_corruption, open_error_message
+from ._store_errors import corruption_message, directory_message, display_url, open_error_message
 from ._alembic_log import quiet_alembic
+from ._sqlite import BUSY_TIMEOUT_MS, install_sqlite_pragmas
 from ._schema_head import at_head
 from ._telemetry_tables import ExperimentLook, UsageRollup
 from ._utc import UTCDateTime
@@ -70,7 +70,6 @@ __all__ = [
 log = logging.getLogger("afs_continuous")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-BUSY_TIMEOUT_MS = 30_000
 
 
 def _ts(**kwargs: Any) -> Any:
@@ -272,57 +271,6 @@ def _is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def _use_wal(cur: sqlite3.Cursor) -> None:
-    """Switch the file to WAL (once per file; a no-op when it is WAL already).
-
-    Switching needs an exclusive lock and SQLite does not wait for it through the
-    busy handler: when several processes open a new store at once, all but one get
-    "database is locked" at once. Retry with backoff up to the busy timeout.
-    """
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    delay = 0.005
-    while True:
-        try:
-            row = cur.execute("PRAGMA journal_mode").fetchone()
-            if row is None or str(row[0]).lower() != "wal":
-                cur.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            busy = "locked" in str(exc) or "busy" in str(exc)
-            if not busy or time.monotonic() >= deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.25)
-
-
-def _install_sqlite_pragmas(engine: Engine, store: "Store") -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-        # Let SQLAlchemy, not the driver, emit BEGIN (so BEGIN IMMEDIATE works).
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        _use_wal(cur)
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("afs_immediate"):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            conn.exec_driver_sql("BEGIN")
-
-    @event.listens_for(engine, "handle_error")
-    def _on_error(ctx: Any) -> BaseException | None:
-        # A damaged or foreign file is not transient: say so with the path and the way out,
-        # wherever the statement ran (the daemon, an operator command, the logger's writer).
-        if is_corruption(ctx.original_exception):
-            return StoreError(corruption_message(store._where, ctx.original_exception))
-        return None
-
-
 class Store:
     """Opens (and creates) the store at a SQLAlchemy URL and hands out transactions.
 
@@ -377,7 +325,7 @@ class Store:
             kwargs["pool_pre_ping"] = True
         self.engine = create_engine(url, **kwargs)
         if self.is_sqlite:
-            _install_sqlite_pragmas(self.engine, self)
+            install_sqlite_pragmas(self.engine, self)
         self._lock = threading.Lock()
         try:
             if verify:
