@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -58,6 +59,9 @@ _ZERO_BUCKET = math.ceil(math.log(MIN_LATENCY_MS) / _LOG_GAMMA) - 1
 #: Key of the PostgreSQL transaction advisory lock that serialises rollup writers.
 PG_LOCK = 7714829014
 _IN_CHUNK = 500  # ids per IN (...) list
+#: SQLite has its JSON functions built in from 3.38 (earlier only when compiled with JSON1): the
+#: writer's reads then return one aggregated row instead of one row per record.
+_SQLITE_JSON = sqlite3.sqlite_version_info >= (3, 38, 0)
 
 # Positions in an accumulator list
 _CALLS, _NQ, _QS, _QS2, _NL, _LS, _HIST, _UP, _DOWN, _NEUTRAL, _NTOK, _PTOK, _CTOK, _FALLBACK = range(14)
@@ -191,7 +195,12 @@ def _latest_votes(conn: Connection, ids: Sequence[str]) -> dict[str, int]:
     votes: dict[str, int] = {}
     sqlite = conn.dialect.name == "sqlite"
     for chunk in _chunks(ids):
-        if sqlite:  # the driver directly: this runs in every writer batch
+        if sqlite and _SQLITE_JSON:  # one row (a JSON array): the driver releases the GIL once per row it steps
+            found = conn.exec_driver_sql(f"SELECT json_group_array(json_array(record_id, feedback)) FROM "
+                                         f"(SELECT record_id, feedback FROM feedback_events WHERE record_id IN "
+                                         f"({_in_list(len(chunk))}) ORDER BY id)", tuple(chunk)).scalar()
+            rows = json.loads(found) if found else ()
+        elif sqlite:
             rows = conn.exec_driver_sql(f"SELECT record_id, feedback FROM feedback_events WHERE record_id IN "
                                         f"({_in_list(len(chunk))}) ORDER BY id", tuple(chunk))
         else:
@@ -205,15 +214,34 @@ def _record_keys(conn: Connection, ids: Sequence[str]) -> dict[str, Key]:
     keys: dict[str, Key] = {}
     sqlite = conn.dialect.name == "sqlite"
     for chunk in _chunks(ids):
-        if sqlite:
-            rows = conn.exec_driver_sql(f"SELECT id, created_at, model, experiment_id, arm FROM usage_records "
-                                        f"WHERE id IN ({_in_list(len(chunk))})", tuple(chunk))
-            for rid, at, model, exp, arm in rows:
-                keys[rid] = _key(datetime.fromisoformat(at).replace(tzinfo=timezone.utc), model, exp, arm)
+        if sqlite and _SQLITE_JSON:  # one row (a JSON array), as in _latest_votes; the hour from the stored text
+            found = conn.exec_driver_sql(f"SELECT json_group_array(json_array(id, substr(created_at, 1, 13), model, "
+                                         f"experiment_id, arm)) FROM usage_records WHERE id IN "
+                                         f"({_in_list(len(chunk))})", tuple(chunk)).scalar()
+            for rid, hour, model, exp, arm in (json.loads(found) if found else ()):
+                keys[rid] = (_hour_of_text(hour), model, int(exp or 0), arm or "")
+        elif sqlite:
+            rows = conn.exec_driver_sql(f"SELECT id, substr(created_at, 1, 13), model, experiment_id, arm FROM "
+                                        f"usage_records WHERE id IN ({_in_list(len(chunk))})", tuple(chunk))
+            for rid, hour, model, exp, arm in rows:
+                keys[rid] = (_hour_of_text(hour), model, int(exp or 0), arm or "")
         else:
             for rid, at, model, exp, arm in conn.execute(_KEYS_OF, {"ids": list(chunk)}):
                 keys[rid] = _key(at, model, exp, arm)
     return keys
+
+
+_HOURS: dict[str, datetime] = {}
+
+
+def _hour_of_text(prefix: str) -> datetime:
+    """The hour of a stored SQLite timestamp's first 13 characters (``YYYY-MM-DD HH``, UTC)."""
+    hour = _HOURS.get(prefix)
+    if hour is None:
+        if len(_HOURS) > 10_000:
+            _HOURS.clear()
+        hour = _HOURS[prefix] = datetime.fromisoformat(prefix + ":00:00").replace(tzinfo=timezone.utc)
+    return hour
 
 
 def apply_batch(conn: Connection, records: Sequence[tuple[Any, ...]], events: Sequence[tuple[Any, ...]]) -> None:

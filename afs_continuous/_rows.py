@@ -7,23 +7,45 @@ lengths kept); the writer turns a batch into rows here: tuples in column order f
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import time
 from datetime import datetime, timezone
 from typing import Any
 
 from ._conversation import encode_messages
 from ._text import clean_text
 
-__all__ = ["USAGE_COLUMNS", "SQLITE_INSERT_USAGE", "SQLITE_INSERT_FEEDBACK", "EVENT_LEN", "clean", "sqlite_ts",
+__all__ = ["new_record_id", "sqlite_insert_many", "FEEDBACK_COLUMNS", "USAGE_COLUMNS", "EVENT_LEN", "clean", "sqlite_ts",
            "record_row"]
 
 
 USAGE_COLUMNS = ("id", "created_at", "query", "response", "model", "latency_ms", "quality_score", "unit_id",
                  "metadata_json", "content_hash", "truncated", "query_chars", "response_chars", "messages_json",
                  "experiment_id", "arm", "prompt_tokens", "completion_tokens", "fallback_from")
-SQLITE_INSERT_USAGE = (f"INSERT INTO usage_records ({', '.join(USAGE_COLUMNS)}) "
-                       f"VALUES ({', '.join('?' * len(USAGE_COLUMNS))})")
-SQLITE_INSERT_FEEDBACK = "INSERT INTO feedback_events (record_id, feedback, created_at, comment) VALUES (?, ?, ?, ?)"
+FEEDBACK_COLUMNS = ("record_id", "feedback", "created_at", "comment")
+_MAX_CHUNK = 256  # rows per multi-row INSERT (statement sizes are powers of two, so a few cached statements serve every batch)
+_statements: dict[tuple[str, int, int], str] = {}
 EVENT_LEN = 4  # a feedback event in the queue: (record_id, feedback, created_at, comment); a record is longer
+
+
+_V7_CLEAR = ~((0xF << 76) | (0x3 << 62))  # the version and variant bits of the 80 random ones
+_V7_SET = (0x7 << 76) | (0x2 << 62)  # version 7, variant 0b10
+
+
+def new_record_id() -> str:
+    """A new record id: a UUIDv7 (RFC 9562, section 5.7) as 32 lowercase hex characters.
+
+    The first 48 bits are the Unix time in milliseconds, then 74 random bits (plus the version and
+    variant bits). Ids of records logged close in time are close in the primary-key index, so
+    inserting them appends to its last pages instead of touching a random page per record (and a
+    feedback event's record is found near the end of that index): in a busy service this keeps the
+    writer's cost per record flat as the store grows. Unguessable as a uuid4 is for practical
+    purposes (74 random bits); it reveals the time of the call to the millisecond, which the
+    caller that receives it knows anyway.
+    """
+    rand = int.from_bytes(os.urandom(10), "big")
+    return f"{(time.time_ns() // 1_000_000) << 80 | (rand & _V7_CLEAR) | _V7_SET:032x}"
 
 
 def clean(text: str | None) -> str | None:
@@ -35,6 +57,48 @@ def sqlite_ts(value: datetime) -> str:
     if value.utcoffset():
         value = value.astimezone(timezone.utc)
     return value.isoformat(" ", "microseconds")[:26]  # without the offset; several times faster than strftime
+
+
+def sqlite_insert_many(conn: Any, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` (tuples in ``columns`` order) into a SQLite table with multi-row ``INSERT ... VALUES``.
+
+    One statement step per chunk of rows, not one per row as ``executemany`` does: the driver releases
+    the GIL around every step, and in a busy service each release hands the GIL to the event loop
+    and back (a thread switch per row). Chunks are powers of two up to 256 rows (bounded by the
+    connection's limit on bound parameters), so the driver's statement cache holds a few statements
+    for every batch size; rows are inserted in order (feedback events keep their order of ids).
+
+    Args:
+        conn: A SQLAlchemy ``Connection`` to SQLite inside the write transaction.
+        table: Table name; ``columns``: its column names, in the order of each row's values.
+        rows: The rows to insert.
+    """
+    ncols = len(columns)
+    limit = _variable_limit(conn)
+    top = _MAX_CHUNK
+    while top > 1 and top * ncols > limit:
+        top //= 2
+    i, n = 0, len(rows)
+    while i < n:
+        size = top
+        while size > n - i:
+            size //= 2
+        key = (table, ncols, size)
+        sql = _statements.get(key)
+        if sql is None:
+            one = f"({', '.join('?' * ncols)})"
+            sql = _statements[key] = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * size)}"
+        params = tuple(v for row in rows[i:i + size] for v in row)
+        conn.exec_driver_sql(sql, params)
+        i += size
+
+
+def _variable_limit(conn: Any) -> int:
+    """The connection's maximum number of bound parameters per statement (SQLite >= 3.32: 32,766)."""
+    try:
+        return int(conn.connection.dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    except (AttributeError, sqlite3.Error):  # another driver: SQLite's historical default
+        return 999
 
 
 def record_row(r: tuple[Any, ...], sqlite: bool) -> Any:

@@ -18,7 +18,10 @@ Environment: ``AFS_BENCH_MODE``, ``AFS_BENCH_DATA`` (a ``.jsonl.gz`` of AlpacaEv
 ``AFS_BENCH_DB`` (the store's SQLAlchemy URL), ``AFS_BENCH_OUT`` (a folder),
 ``AFS_BENCH_REDACT`` (optional: ``module:function`` of a redactor, set as ``logger_config.redact_fn``),
 ``AFS_BENCH_NO_ROLLUPS`` (optional, diagnostic: the writer skips the hourly rollups, as
-``bench_logging.py`` does to measure their cost; such a store reports wrong usage figures).
+``bench_logging.py`` does to measure their cost; such a store reports wrong usage figures),
+``AFS_BENCH_DIAG`` (optional, diagnostic: ``importonly`` opens the loop but the handlers make no SDK
+call, i.e. what importing and opening it costs; ``nowriter`` makes the calls but discards what they
+queue, i.e. what the calls cost without the writer; the zero-loss check then fails, as it should).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ QUALITY = [float(r["preference"]) - 1.0 for r in _ROWS]
 del _ROWS
 
 loop: Any = None
+_DIAG = os.environ.get("AFS_BENCH_DIAG", "")
 _gc = {"s": 0.0, "n": [0, 0, 0], "t0": 0.0}  # time in the garbage collector (measured, not tuned)
 
 
@@ -81,6 +85,8 @@ def _open_loop() -> Any:
     loop = ContinuousLearningLoop(config)
     if os.environ.get("AFS_BENCH_NO_ROLLUPS"):  # diagnostic only: what the hourly rollups cost the writer
         loop.logger._rollups = False
+    if os.environ.get("AFS_BENCH_DIAG") == "nowriter":
+        loop.logger._enqueue = lambda item: None
     return loop
 
 
@@ -112,7 +118,7 @@ async def chat(req: ChatRequest) -> dict[str, Any]:
     start = time.perf_counter()
     k = req.i % len(ANSWERS)
     answer = ANSWERS[k]  # the "model": a real answer to this prompt
-    if loop is None:
+    if loop is None or _DIAG == "importonly":
         return {"id": uuid.uuid4().hex, "model": "base", "response": answer}
     version = loop.route(unit_id=req.user)
     record_id = loop.log_usage(query=req.prompt, response=answer, model=version, unit_id=req.user,
@@ -122,6 +128,6 @@ async def chat(req: ChatRequest) -> dict[str, Any]:
 
 @app.post("/feedback")
 async def feedback(req: FeedbackRequest) -> dict[str, Any]:
-    if loop is not None:
+    if loop is not None and _DIAG != "importonly":
         loop.record_feedback(req.id, req.feedback, req.comment)
     return {"ack": req.comment.split(":", 1)[0]}

@@ -312,6 +312,8 @@ def run(args: argparse.Namespace, work: Path, backend: Backend, data: Path,
             checks[mode] = {"problems": [] if len(reports) == args.workers else
                             [f"{len(reports)} worker exit reports of {args.workers}"]}
         checks[mode]["gc_s"] = sum(r.get("gc_s", 0.0) for r in reports)
+        checks[mode]["items"] = sum(r.get("n_logged", 0) + r.get("n_feedback", 0) for r in reports)
+        checks[mode]["batches"] = sum(r.get("n_batches", 0) for r in reports)
     return results, checks
 
 
@@ -394,7 +396,7 @@ def report(results: list[dict[str, Any]], checks: dict[str, Any]) -> None:
                        ("cpu_us_per_request", "worker CPU us/request"),
                        ("other_threads_us_per_request", "of which writer thread")):
         a, b = mean("plain", key), mean("sdk", key)
-        print(f"| {label} | {a:,.2f} | {b:,.2f} | {b / a:.2f} |" if a else f"| {label} | {a:,.2f} | {b:,.2f} | - |")
+        print(f"| {label} | {a:,.2f} | {b:,.2f} | {b / a:.2f} |" if a > 0.5 else f"| {label} | {max(a, 0.0):,.2f} | {b:,.2f} | - |")
     print(f"| RSS per worker MB | {rss['plain']:.1f} | {rss['sdk']:.1f} | +{rss['sdk'] - rss['plain']:.1f} MB |")
     pairs = [s["rps"] / p["rps"] for p, s in zip(by["plain"], by["sdk"])]
     cpu = [s["cpu_us_per_request"] - p["cpu_us_per_request"] for p, s in zip(by["plain"], by["sdk"])]
@@ -409,7 +411,8 @@ def report(results: list[dict[str, Any]], checks: dict[str, Any]) -> None:
     sdk = checks["sdk"]
     print(f"store: {sdk['records']} records / {sdk['events']} feedback events; wrk acknowledged "
           f"{sdk['acked_records']} / {sdk['acked_events']} (the others' answers were in flight when a wrk run stopped); "
-          f"time in the garbage collector: plain {checks['plain']['gc_s']:.2f} s, sdk {sdk['gc_s']:.2f} s (all workers)")
+          f"time in the garbage collector: plain {checks['plain']['gc_s']:.2f} s, sdk {sdk['gc_s']:.2f} s (all workers); "
+          f"{sdk['batches']:,} write transactions, {sdk['items'] / max(1, sdk['batches']):.0f} records and events each")
     for mode in ("plain", "sdk"):
         for p in checks[mode]["problems"]:
             failed = True
