@@ -39,6 +39,8 @@ def clean_text(text: str) -> str:
     """
     if "\x00" in text:
         text = text.replace("\x00", "\ufffd")
+    if text.isascii():  # no surrogate possible (a quick check of the string's kind, no copy)
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -92,7 +92,6 @@ class UsageRecord(SQLModel, table=True):
         Index("ix_usage_model_created", "model", "created_at"),
         Index("ix_usage_content_hash", "content_hash"),
         Index("ix_usage_experiment_arm", "experiment_id", "arm"),
-        Index("ix_usage_unit_id", "unit_id"),  # forget(unit_id=...) finds a unit's records without a scan
     )
 
     id: str = Field(sa_column=Column(String(32), primary_key=True))

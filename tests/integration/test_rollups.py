@@ -286,7 +286,7 @@ def test_the_migration_builds_rollups_for_an_existing_store(store_url) -> None:
     store.dispose()
     store = Store(store_url)
     try:
-        assert store.schema_revision() == "0007"
+        assert store.schema_revision() == "0008"
         assert assert_rollups_equal_raw(store) == 300
     finally:
         store.dispose()

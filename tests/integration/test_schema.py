@@ -99,7 +99,7 @@ def test_a_0005_store_with_data_upgrades_to_conversations_and_exposure_in_place(
     engine.dispose()
 
     store = Store(store_url)
-    assert store.schema_revision() == schema_head() == "0007"
+    assert store.schema_revision() == schema_head() == "0008"
     with store.read() as conn:
         row = conn.execute(text("SELECT query, response, model, unit_id, metadata_json, messages_json, experiment_id, "
                                 "arm, prompt_tokens, completion_tokens, fallback_from FROM usage_records")).one()

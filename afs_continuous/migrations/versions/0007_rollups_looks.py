@@ -57,7 +57,7 @@ def upgrade() -> None:
         sa.Column("evaluation_json", sa.Text(), nullable=False),
     )
     op.create_index("ix_experiment_looks_experiment", "experiment_looks", ["experiment_id", "evaluated_at"])
-    op.create_index("ix_usage_unit_id", "usage_records", ["unit_id"])  # forget(unit_id=...) without a scan
+    op.create_index("ix_usage_unit_id", "usage_records", ["unit_id"])  # dropped again in 0008 (its write cost)
 
     from afs_continuous._looks import LOOKS, look_row
     from afs_continuous._rollups import rebuild
