@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from datetime import datetime, timezone
+from itertools import chain
 from typing import Any, Iterator
 
 from ._conversation import encode_messages
@@ -115,7 +116,7 @@ def sqlite_insert_many(conn: Any, table: str, columns: tuple[str, ...], rows: li
         if sql is None:
             one = f"({', '.join('?' * ncols)})"
             sql = _statements[key] = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * size)}"
-        params = tuple(v for row in rows[i:i + size] for v in row)
+        params = tuple(chain.from_iterable(rows[i:i + size]))
         conn.exec_driver_sql(sql, params)
         i += size
 

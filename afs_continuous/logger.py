@@ -33,7 +33,8 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
+from functools import partial
 from typing import Any, Mapping
 
 from sqlalchemy import insert, select
@@ -70,6 +71,8 @@ _USAGE = UsageRecord.__table__  # type: ignore[attr-defined]
 _DROPS = WriterDrop.__table__  # type: ignore[attr-defined]
 _FEEDBACK = FeedbackEvent.__table__  # type: ignore[attr-defined]
 _MAX_RETRIES = 8
+_UTC_NOW = partial(datetime.now, timezone.utc)
+_INF = float("inf")
 
 
 def _as_text(value: Any, name: str) -> str:
@@ -133,7 +136,7 @@ class UsageLogger:
         self.config = config if config is not None else LoggerConfig()
         if durability is not None:
             self.config = self.config.model_copy(update={"durability": Durability(durability)})
-        self.clock = clock
+        self.clock = clock  # a property: also sets the C-level call the hot path uses for the default clock
         self._sync = self.config.durability == Durability.SYNC
         self._recent = RecentIds()  # for record_feedback's answer
         self._closed = False
@@ -165,6 +168,17 @@ class UsageLogger:
             # (its lock bookkeeping would say "locked" forever in the child).
             os.register_at_fork(before=lambda: _before_fork(ref), after_in_parent=lambda: _after_fork_parent(ref),
                                 after_in_child=lambda: _reset_after_fork(ref))
+
+    @property
+    def clock(self) -> Clock:
+        """The clock that timestamps records and feedback events (a zero-argument callable returning UTC)."""
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: Clock) -> None:
+        self._clock = clock
+        # utc_now itself is a Python function; the same call as a C-level partial saves a frame per call
+        self._now = _UTC_NOW if clock is utc_now else clock
 
     # ---- public API -----------------------------------------------------------------
 
@@ -240,8 +254,12 @@ class UsageLogger:
             query = pairs[-1][1]
         elif query is None:
             raise ValueError("query must be str (the prompt), got None; or pass messages= (the conversation)")
-        query = _as_text(query, "query")
-        response = _as_text(response, "response")
+        # Fast paths for the usual types first (the hot path of a request handler); anything else goes
+        # through the validators, which raise the documented errors.
+        if type(query) is not str:
+            query = _as_text(query, "query")
+        if type(response) is not str:
+            response = _as_text(response, "response")
         experiment_id = arm = None
         if type(model) is not str:
             name = getattr(model, "name", None)
@@ -251,10 +269,11 @@ class UsageLogger:
             experiment_id, arm, model = model.experiment_id, model.arm, name
         if not model:
             raise ValueError(f"model must be a non-empty str naming the model version, got {model!r}")
-        latency = validate_latency(latency_ms)
-        quality = validate_quality(quality_score)
+        latency = latency_ms if type(latency_ms) is float and 0.0 <= latency_ms < _INF else validate_latency(latency_ms)
+        quality = (quality_score if type(quality_score) is float and 0.0 <= quality_score <= 1.0
+                   else validate_quality(quality_score))
         meta = None if metadata is None else validate_metadata(metadata)
-        unit = _unit_text(unit_id)
+        unit = unit_id if type(unit_id) is str else _unit_text(unit_id)
         p_tok = None if prompt_tokens is None else validate_tokens(prompt_tokens, "prompt_tokens")
         c_tok = None if completion_tokens is None else validate_tokens(completion_tokens, "completion_tokens")
         if fallback_from is not None and (type(fallback_from) is not str or not fallback_from):
@@ -277,14 +296,14 @@ class UsageLogger:
                 if len(text) > max_chars:
                     pairs[i] = (role, text[:max_chars])
                     capped = True
-        row = (record_id, self.clock(), query, response, model, latency, quality,
+        row = (record_id, self._now(), query, response, model, latency, quality,
                unit, meta, q_len, r_len, pairs, capped, experiment_id, arm, p_tok, c_tok, fallback_from)
         self._recent.add(record_id)
         self.n_logged += 1
         if self._sync:
             self._write([row], [])
-        else:
-            self._enqueue(row)
+        elif not (self._writer_running and self._queue.put_nowait(row)):
+            self._enqueue(row)  # the writer to start, or a full queue to wait for
         return record_id
 
     def record_feedback(self, record_id: str, feedback: int = 1, comment: str | None = None) -> bool:
@@ -311,7 +330,7 @@ class UsageLogger:
             RedactionError: The ``redact_fn`` failed on the comment (a
                 ``ValueError``); nothing is stored.
         """
-        value = validate_feedback(feedback)
+        value = feedback if type(feedback) is int and -1 <= feedback <= 1 else validate_feedback(feedback)
         if not isinstance(record_id, str) or not record_id:
             raise ValueError(f"record_id must be a non-empty str, got {record_id!r}")
         if comment is not None:
@@ -322,11 +341,11 @@ class UsageLogger:
             comment = comment[: self.config.max_text_chars]
         if self._closed:
             raise StoreError("this UsageLogger is closed; create a new one")
-        event = (record_id, value, self.clock(), comment)
+        event = (record_id, value, self._now(), comment)
         self.n_feedback += 1
         if self._sync:
             self._write([], [event])
-        else:
+        elif not (self._writer_running and self._queue.put_nowait(event)):
             self._enqueue(event)
         return record_id in self._recent
 
@@ -464,7 +483,7 @@ class UsageLogger:
             self._dropped[0] += n_records
             self._dropped[1] += n_feedback
             self.n_dropped += n_records + n_feedback
-            self._tally.add(n_records, n_feedback, why, self.clock())
+            self._tally.add(n_records, n_feedback, why, self._now())
         now = time.monotonic()
         if report and now - self._last_drop_log >= 10.0:
             self._last_drop_log = now

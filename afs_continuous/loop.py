@@ -201,9 +201,14 @@ class ContinuousLearningLoop(OperatorActions):
         if exposed is None or exposed[0] is not exp:  # built once per routing snapshot
             exposed = self._exposed = (exp, replace(champion, experiment_id=exp.id, arm=Arm.CHAMPION.value),
                                        replace(challenger, experiment_id=exp.id, arm=Arm.CHALLENGER.value))
-        version = exposed[2] if self.experiments.assign(exp, unit_id) == Arm.CHALLENGER else exposed[1]
-        if unit_id is not None:
-            remember(self._exposures, unit_id if type(unit_id) is str else str(unit_id), version)
+        if unit_id is None:
+            return exposed[2] if self.experiments.assign(exp, None) == Arm.CHALLENGER else exposed[1]
+        unit = unit_id if type(unit_id) is str else str(unit_id)
+        exposures = self._exposures
+        version = exposures.get(unit)  # routed before under this snapshot: the same (sticky) arm, no hashing
+        if version is not exposed[1] and version is not exposed[2]:
+            version = exposed[2] if self.experiments.assign(exp, unit) == Arm.CHALLENGER else exposed[1]
+        remember(exposures, unit, version)
         return version
 
     def _routing_snapshot(self) -> tuple[ModelVersion, ModelVersion | None, Any]:
