@@ -133,7 +133,8 @@ class ContinuousLearningLoop(OperatorActions):
         atexit.register(self._release_at_exit)  # a lease still held at interpreter exit is given back
         self._route_cache: tuple[float, ModelVersion, ModelVersion | None, Any] | None = None
         self._exposures: OrderedDict[str, ModelVersion] = OrderedDict()  # unit id -> its latest route() (bounded)
-        self._exposed: tuple[Any, ModelVersion, ModelVersion] | None = None  # (experiment, champion, challenger)
+        # (experiment snapshot, exposed champion, exposed challenger, what the assignment depends on)
+        self._exposed: tuple[Any, ModelVersion, ModelVersion, Any] | None = None
         self.store.setdefault_state("first_start_at", clock())  # atomic: many workers may open a new store at once
         self.registry.ensure_champion(cfg.champion_model, cfg.champion_model_path)
 
@@ -198,9 +199,13 @@ class ContinuousLearningLoop(OperatorActions):
                 self._exposures.pop(unit_id if type(unit_id) is str else str(unit_id), None)
             return champion
         exposed = self._exposed
-        if exposed is None or exposed[0] is not exp:  # built once per routing snapshot
-            exposed = self._exposed = (exp, replace(champion, experiment_id=exp.id, arm=Arm.CHAMPION.value),
-                                       replace(challenger, experiment_id=exp.id, arm=Arm.CHALLENGER.value))
+        if exposed is None or exposed[0] is not exp:  # a new routing snapshot
+            same = (exp.id, exp.seed, exp.traffic_fraction, champion, challenger)
+            if exposed is not None and exposed[3] == same:  # the same assignment: units keep their cached arms
+                exposed = self._exposed = (exp, exposed[1], exposed[2], same)
+            else:
+                exposed = self._exposed = (exp, replace(champion, experiment_id=exp.id, arm=Arm.CHAMPION.value),
+                                           replace(challenger, experiment_id=exp.id, arm=Arm.CHALLENGER.value), same)
         if unit_id is None:
             return exposed[2] if self.experiments.assign(exp, None) == Arm.CHALLENGER else exposed[1]
         unit = unit_id if type(unit_id) is str else str(unit_id)

@@ -115,6 +115,38 @@ def test_routing_sees_changes_at_once_with_no_cache(tmp_path, clock, make_loop) 
     assert {loop.route(f"u{i}").name for i in range(100)} == {"base"}
 
 
+def test_route_keeps_a_units_arm_across_snapshots_and_follows_a_changed_assignment(tmp_path, clock,
+                                                                                  make_loop) -> None:
+    """route() reuses a unit's remembered arm while the assignment is unchanged (snapshot refreshes), and
+    reassigns every unit when the experiment, its seed or its traffic fraction changes."""
+    from sqlalchemy import text
+
+    loop = make_loop(tmp_path, clock, trigger_config=NO_TRIGGERS)  # route_cache_s=0: a new snapshot per call
+    loop.registry.register("cand")
+    exp = loop.experiments.start("base", "cand", traffic_fraction=0.5)
+    units = [f"u{i}" for i in range(400)]
+
+    def expected(e: Any) -> list[str]:
+        return ["cand" if loop.experiments.assign(e, u) is Arm.CHALLENGER else "base" for u in units]
+
+    for _ in range(2):  # the second pass answers from the remembered arms
+        versions = [loop.route(u) for u in units]
+        assert [v.name for v in versions] == expected(exp)
+        assert {(v.experiment_id, v.arm) for v in versions} == {(exp.id, "champion"), (exp.id, "challenger")}
+    with loop.store.write() as conn:  # a ramp: the same experiment, a new fraction
+        conn.execute(text("UPDATE experiments SET traffic_fraction = 0.9 WHERE id = :i"), {"i": exp.id})
+    ramped = loop.experiments.active()
+    assert ramped.traffic_fraction == 0.9
+    assert [loop.route(u).name for u in units] == expected(ramped)
+    assert expected(ramped) != expected(exp)
+    with loop.store.write() as conn:
+        loop.experiments.conclude(ramped, Decision.STOP, conn=conn)
+    second = loop.experiments.start("base", "cand", traffic_fraction=0.5)  # the same arms, a new seed
+    versions = [loop.route(u) for u in units]
+    assert [v.name for v in versions] == expected(second) != expected(exp)
+    assert {v.experiment_id for v in versions} == {second.id}
+
+
 def test_start_rejects_a_bad_fraction(routed) -> None:
     loop, _ = routed
     for bad in (0.0, 1.0, 1.5, -0.1):
