@@ -58,7 +58,7 @@ MIN_LATENCY_MS = 0.001
 _ZERO_BUCKET = math.ceil(math.log(MIN_LATENCY_MS) / _LOG_GAMMA) - 1
 #: Key of the PostgreSQL transaction advisory lock that serialises rollup writers.
 PG_LOCK = 7714829014
-_IN_CHUNK = 500  # ids per IN (...) list
+_IN_CHUNK = 512  # ids per IN (...) list (a power of two: see _padded)
 #: SQLite has its JSON functions built in from 3.38 (earlier only when compiled with JSON1): the
 #: writer's reads then return one aggregated row instead of one row per record.
 _SQLITE_JSON = sqlite3.sqlite_version_info >= (3, 38, 0)
@@ -183,6 +183,16 @@ def _in_list(n: int) -> str:
     return ", ".join("?" * n)
 
 
+def _padded(chunk: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """``(placeholders, parameters)`` of an IN list padded to a power of two with ``""`` (no record
+    has that id): a handful of statement texts serve every batch, so the driver's statement cache
+    reuses them instead of preparing (and keeping, up to 128 per connection) one per list length."""
+    n = 1
+    while n < len(chunk):
+        n *= 2
+    return _in_list(n), (*chunk, *([""] * (n - len(chunk))))
+
+
 # Statements built once (SQLAlchemy caches their compiled form): the writer runs them every batch;
 # on SQLite the driver runs plain SQL (no per-statement SQLAlchemy work on the writer's hot path).
 _VOTES_OF = (select(F.c.record_id, F.c.feedback).where(F.c.record_id.in_(bindparam("ids", expanding=True)))
@@ -213,13 +223,15 @@ def _latest_votes(conn: Connection, ids: Sequence[str]) -> dict[str, int]:
     sqlite = conn.dialect.name == "sqlite"
     for chunk in _chunks(ids):
         if sqlite and _SQLITE_JSON:  # one row (a JSON array): the driver releases the GIL once per row it steps
+            marks, params = _padded(chunk)
             found = conn.exec_driver_sql(f"SELECT json_group_array(json_array(record_id, feedback)) FROM "
                                          f"(SELECT record_id, feedback FROM feedback_events WHERE record_id IN "
-                                         f"({_in_list(len(chunk))}) ORDER BY id)", tuple(chunk)).scalar()
+                                         f"({marks}) ORDER BY id)", params).scalar()
             rows = json.loads(found) if found else ()
         elif sqlite:
+            marks, params = _padded(chunk)
             rows = conn.exec_driver_sql(f"SELECT record_id, feedback FROM feedback_events WHERE record_id IN "
-                                        f"({_in_list(len(chunk))}) ORDER BY id", tuple(chunk))
+                                        f"({marks}) ORDER BY id", params)
         else:
             rows = conn.execute(_VOTES_OF, {"ids": list(chunk)})
         for rid, value in rows:
@@ -232,14 +244,16 @@ def _record_keys(conn: Connection, ids: Sequence[str]) -> dict[str, Key]:
     sqlite = conn.dialect.name == "sqlite"
     for chunk in _chunks(ids):
         if sqlite and _SQLITE_JSON:  # one row (a JSON array), as in _latest_votes; the hour from the stored text
+            marks, params = _padded(chunk)
             found = conn.exec_driver_sql(f"SELECT json_group_array(json_array(id, substr(created_at, 1, 13), model, "
-                                         f"experiment_id, arm)) FROM usage_records WHERE id IN "
-                                         f"({_in_list(len(chunk))})", tuple(chunk)).scalar()
+                                         f"experiment_id, arm)) FROM usage_records WHERE id IN ({marks})",
+                                         params).scalar()
             for rid, hour, model, exp, arm in (json.loads(found) if found else ()):
                 keys[rid] = (_hour_of_text(hour), model, int(exp or 0), arm or "")
         elif sqlite:
+            marks, params = _padded(chunk)
             rows = conn.exec_driver_sql(f"SELECT id, substr(created_at, 1, 13), model, experiment_id, arm FROM "
-                                        f"usage_records WHERE id IN ({_in_list(len(chunk))})", tuple(chunk))
+                                        f"usage_records WHERE id IN ({marks})", params)
             for rid, hour, model, exp, arm in rows:
                 keys[rid] = (_hour_of_text(hour), model, int(exp or 0), arm or "")
         else:

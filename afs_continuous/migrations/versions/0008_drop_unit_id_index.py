@@ -1,9 +1,9 @@
 """Drop the index on ``usage_records.unit_id``.
 
 Unit ids (users, conversations) arrive in random order, so every logged record inserted its entry
-on a random page of this index: at a million records the logger's writer spent about two thirds of
-its CPU on it (33 us per record and event against 12 us without it, on SQLite; the cost grows with
-the store). Its only reader was ``forget(unit_id=...)``, a rare operator command that now scans the
+on a random page of this index: on a SQLite store of a million records the logger's writer spent
+half of its CPU on it (28.8 us per record or vote with it, 13.9 us without; the cost grows with the
+store; ``python benchmarks/bench_store_scale.py``). Its only reader was ``forget(unit_id=...)``, a rare operator command that now scans the
 table in a read transaction, which blocks no writer (about 0.3 s per million records from the page
 cache), and whose default ``VACUUM`` rewrites the whole file anyway.
 
