@@ -45,7 +45,8 @@ from ._batch_queue import BatchQueue
 from ._recent_ids import RecentIds
 from ._redaction import RedactFn, redact, redact_call
 from ._redaction import resolve as resolve_redact_fn
-from ._drops import DropTally, SpoolFile, loud_error, store_problem, where
+from ._drops import DropTally, SpoolFile, store_problem
+from ._logger_drops import DropAccounting
 from ._logger_process import LIVE as _LIVE
 from ._logger_process import after_fork_parent as _after_fork_parent
 from ._logger_process import before_fork as _before_fork
@@ -60,7 +61,7 @@ from ._validate import validate_feedback, validate_latency, validate_metadata, v
 from .clock import Clock, utc_now
 from .config import Durability, LoggerConfig
 from .errors import StoreError
-from .store import FeedbackEvent, Store, UsageRecord, WriterDrop
+from .store import FeedbackEvent, Store, UsageRecord
 
 __all__ = ["UsageLogger", "validate_feedback", "validate_quality", "validate_latency", "validate_metadata",
            "validate_messages", "validate_tokens"]
@@ -68,7 +69,6 @@ __all__ = ["UsageLogger", "validate_feedback", "validate_quality", "validate_lat
 log = logging.getLogger("afs_continuous")
 
 _USAGE = UsageRecord.__table__  # type: ignore[attr-defined]
-_DROPS = WriterDrop.__table__  # type: ignore[attr-defined]
 _FEEDBACK = FeedbackEvent.__table__  # type: ignore[attr-defined]
 _MAX_RETRIES = 8
 _UTC_NOW = partial(datetime.now, timezone.utc)
@@ -90,7 +90,7 @@ class _Flush:
     done: threading.Event
 
 
-class UsageLogger:
+class UsageLogger(DropAccounting):
     """Records model calls and user feedback in the store.
 
     Args:
@@ -477,20 +477,6 @@ class UsageLogger:
                                  f"the writer queue stayed full for {self.config.enqueue_timeout_s:g} s "
                                  "(the store is slower than the traffic, or locked)")
 
-    def _count_drop(self, n_records: int, n_feedback: int, why: str, *, report: bool = True) -> None:
-        """Count records/events that were not written: in this process, for the store, and say so (ERROR)."""
-        with self._tally_lock:
-            self._dropped[0] += n_records
-            self._dropped[1] += n_feedback
-            self.n_dropped += n_records + n_feedback
-            self._tally.add(n_records, n_feedback, why, self._now())
-        now = time.monotonic()
-        if report and now - self._last_drop_log >= 10.0:
-            self._last_drop_log = now
-            loud_error("afs_continuous is DROPPING records: %d records and %d feedback events not written to the "
-                       "store %s so far: %s. They are counted in the store (writer_drops, shown by `afs-continuous "
-                       "status`) once writing works again.", self._dropped[0], self._dropped[1], where(self.store), why)
-
     def _run(self) -> None:
         q = self._queue
         batch_size = self.config.batch_size
@@ -568,55 +554,3 @@ class UsageLogger:
         self._count_drop(len(rows), len(fb_rows), f"write failed: {self.last_error}")
         if self._sync:
             raise StoreError(f"could not write to the store {self.store.display_url}: {self.last_error}")
-
-    def _persist_drops(self) -> None:
-        """Write the pending drop counts (and any spooled by exited processes) to ``writer_drops``.
-
-        Own transaction after a successful batch, so a failure here never costs a record.
-        """
-        with self._tally_lock:
-            tally = self._tally.take()
-        try:
-            with self._write_lock, self.store.write() as conn:
-                if tally:
-                    conn.execute(insert(_DROPS), [tally.row()])
-                if self._spool is not None:
-                    self._spool.store_into(conn)
-            if self._spool is not None:
-                self._spool.done()
-        except Exception as exc:  # noqa: BLE001 - keep the counts for the next successful write
-            log.warning("could not record dropped-record counts in the store yet: %s", store_problem(exc))
-            with self._tally_lock:
-                self._tally.merge(tally)
-
-    def _unwritten(self) -> tuple[int, int]:
-        """(records, feedback events) handed over to this logger and neither committed nor counted as dropped."""
-        with self._tally_lock:
-            return (max(0, self.n_logged - self.n_committed - self._dropped[0]),
-                    max(0, self.n_feedback - self._fb_committed - self._dropped[1]))
-
-    def _abandon(self, waited_s: float) -> None:
-        """At exit, when the writer could not commit in time: say how much is lost and why (one ERROR line),
-        and spool the counts so that the next logger on this store records them in ``writer_drops``."""
-        n_records, n_feedback = self._unwritten()
-        lost = ""
-        if n_records or n_feedback:
-            why = (f"not written before the process exited: the store did not accept writes within {waited_s:.0f} s "
-                   f"({self.last_error or 'no error: the writer was still waiting for the write lock, held by another process'})")
-            lost = f"LOST {n_records} records and {n_feedback} feedback events at exit: {why}; "
-            self._count_drop(n_records, n_feedback, why, report=False)
-        with self._tally_lock:
-            tally = self._tally.take()
-        if not tally:
-            return
-        if self._spool is None:
-            counted = "not counted in the store (a server database has no spool file beside it)"
-        else:
-            try:
-                self._spool.append(tally)
-                counted = f"the next logger on this store counts them in writer_drops (from {self._spool.path})"
-            except OSError as exc:
-                counted = f"not counted in the store (writing {self._spool.path} failed: {exc})"
-        reason = "" if lost else f" (last reason: {tally.reason})"
-        loud_error("afs_continuous %sstore %s; in all %d records and %d feedback events dropped by this process were "
-                   "never written%s; %s", lost, where(self.store), tally.n_records, tally.n_feedback, reason, counted)

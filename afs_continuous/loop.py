@@ -33,8 +33,9 @@ from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from ._canary import EvalFn
+from ._daemon_lease import DaemonLease
 from ._exposure import remember
-from ._drops import store_errors, store_problem
+from ._drops import store_errors
 from ._imports import train_fn_from_config
 from ._pipeline import RetrainPipeline, TrainFn
 from ._privacy import maintain
@@ -65,7 +66,7 @@ _NO_TRAIN_FN = ("no train_fn configured: data prepared only (pass train_fn= to t
                 "--train-fn on the command line, or set training.train_fn or training.lora)")
 
 
-class ContinuousLearningLoop(OperatorActions):
+class ContinuousLearningLoop(OperatorActions, DaemonLease):
     """The continuous-learning loop over one store.
 
     Args:
@@ -343,22 +344,6 @@ class ContinuousLearningLoop(OperatorActions):
             self._config_train_fn = (train_fn_from_config(self.config, clock=self.clock),)
         return self._config_train_fn[0]
 
-    def _take_lease(self) -> None:
-        """Acquire or renew the daemon lease; recover the runs of a holder whose lease expired.
-
-        Raises:
-            LeaseHeld: Another live daemon holds the lease.
-        """
-        self.lease.acquire_or_raise()
-        self._lease_held = True
-        dead = self.lease.taken_over
-        owners = [None] if dead is None else [None, dead.holder.rsplit(":", 1)[0]]
-        for owner in owners:
-            interrupted = self.runs.recover_interrupted(dead_owner=owner)
-            if interrupted:
-                log.warning("marked training runs %s as interrupted (their process is gone)", interrupted)
-        self.lease.start_heartbeat()
-
     def _record_config(self) -> None:
         """Record the configuration in effect (loop_state ``daemon_config``, password hidden) when it changed,
         so that ``afs-continuous status`` shows what the daemon runs with."""
@@ -366,14 +351,6 @@ class ContinuousLearningLoop(OperatorActions):
         recorded = self.store.get_state("daemon_config")
         if recorded is None or recorded.get("config") != record:
             self.store.set_state("daemon_config", {"recorded_at": self.clock().isoformat(), "config": record})
-
-    def _release_lease(self) -> None:
-        if self._lease_held:
-            try:
-                self.lease.release()
-            except Exception as exc:  # noqa: BLE001 - full disk, store gone: the lease expires by itself
-                log.warning("could not release the daemon lease (it expires by itself): %s", store_problem(exc))
-            self._lease_held = False
 
     def _iteration(self, train_fn: TrainFn | None, *, manual: bool, no_train: bool, dry_run: bool,
                    eval_fn: EvalFn | None, pinned: ModelVersion | None) -> dict[str, Any]:
@@ -535,24 +512,6 @@ class ContinuousLearningLoop(OperatorActions):
                 signals.restore()  # a SIGTERM goes on to the previous handler (by default: flush and terminate)
                 self._stop.clear()  # a later run_loop() starts afresh; a stop() before this call was honoured
         return n
-
-    def _wait_for_lease(self, wait: bool) -> None:
-        """Take the lease for the whole loop; wait for it (polling) or raise :class:`LeaseHeld`."""
-        while True:
-            try:
-                with store_errors(self.store, "take the daemon lease on"):
-                    self._take_lease()
-                return
-            except LeaseHeld as held:
-                if not wait:
-                    raise
-                log.info("%s; waiting", held)
-                if self._stop.wait(min(self.config.lease_ttl_s / 3.0, 30.0)):
-                    return
-            except StoreError as exc:  # e.g. a full disk at start: the daemon keeps running and retries
-                log.error("%s; retrying in %g s", exc, self.config.check_interval_seconds)
-                if self._stop.wait(self.config.check_interval_seconds):
-                    return
 
     def stop(self) -> None:
         """Ask :meth:`run_loop` to stop after the current iteration (thread- and signal-safe)."""
