@@ -425,7 +425,8 @@ def _sweep_one(loop: "ContinuousLearningLoop", h: str, stone: dict[str, Any], no
         candidates = conn.execute(select(U.c.unit_id).where(U.c.created_at <= at, U.c.created_at >= at - timedelta(
             hours=LATE_WINDOW_HOURS), U.c.unit_id.is_not(None)).distinct()).scalars()
         units = {u for u in candidates if unit_hash(u) == h}
-    rows = _unit_rows(store, units, until=at) if units else []
+    # the same window as the candidates: a range of the created_at index, not a scan of the table
+    rows = _unit_rows(store, units, until=at, since=at - timedelta(hours=LATE_WINDOW_HOURS)) if units else []
     keys = set(stone.get("keys", [])) | {k for _, _, k in rows}
     scrubbed = stone.get("scrubbed_wall")
     started, read = _scrub(loop, keys, report, modified_after=float(scrubbed) - 1.0 if scrubbed is not None else None)

@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from sqlalchemy import bindparam, delete, func, select, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from ._telemetry_tables import UsageRollup
 from .store import FeedbackEvent, UsageRecord
@@ -184,13 +185,14 @@ def _in_list(n: int) -> str:
 
 
 def _padded(chunk: Sequence[str]) -> tuple[str, tuple[str, ...]]:
-    """``(placeholders, parameters)`` of an IN list padded to a power of two with ``""`` (no record
-    has that id): a handful of statement texts serve every batch, so the driver's statement cache
-    reuses them instead of preparing (and keeping, up to 128 per connection) one per list length."""
+    """``(placeholders, parameters)`` of an IN list padded to a power of two by repeating its first id
+    (the list matches the same rows): a handful of statement texts serve every batch, so the driver's
+    statement cache reuses them instead of preparing (and keeping, up to 128 per connection) one per
+    list length."""
     n = 1
     while n < len(chunk):
         n *= 2
-    return _in_list(n), (*chunk, *([""] * (n - len(chunk))))
+    return _in_list(n), (*chunk, *([chunk[0]] * (n - len(chunk))))
 
 
 # Statements built once (SQLAlchemy caches their compiled form): the writer runs them every batch;
@@ -222,16 +224,16 @@ def _latest_votes(conn: Connection, ids: Sequence[str]) -> dict[str, int]:
     votes: dict[str, int] = {}
     sqlite = conn.dialect.name == "sqlite"
     for chunk in _chunks(ids):
-        if sqlite and _SQLITE_JSON:  # one row (a JSON array): the driver releases the GIL once per row it steps
+        rows: Any = None
+        if sqlite:
             marks, params = _padded(chunk)
-            found = conn.exec_driver_sql(f"SELECT json_group_array(json_array(record_id, feedback)) FROM "
-                                         f"(SELECT record_id, feedback FROM feedback_events WHERE record_id IN "
-                                         f"({marks}) ORDER BY id)", params).scalar()
-            rows = json.loads(found) if found else ()
-        elif sqlite:
-            marks, params = _padded(chunk)
-            rows = conn.exec_driver_sql(f"SELECT record_id, feedback FROM feedback_events WHERE record_id IN "
-                                        f"({marks}) ORDER BY id", params)
+            if _SQLITE_JSON:  # one row (a JSON array): the driver releases the GIL once per row it steps
+                rows = _json_rows(conn, "SELECT json_group_array(json_array(record_id, feedback)) FROM (SELECT "
+                                  f"record_id, feedback FROM feedback_events WHERE record_id IN ({marks}) "
+                                  "ORDER BY id)", params)
+            if rows is None:
+                rows = conn.exec_driver_sql(f"SELECT record_id, feedback FROM feedback_events WHERE record_id IN "
+                                            f"({marks}) ORDER BY id", params)
         else:
             rows = conn.execute(_VOTES_OF, {"ids": list(chunk)})
         for rid, value in rows:
@@ -243,35 +245,49 @@ def _record_keys(conn: Connection, ids: Sequence[str]) -> dict[str, Key]:
     keys: dict[str, Key] = {}
     sqlite = conn.dialect.name == "sqlite"
     for chunk in _chunks(ids):
-        if sqlite and _SQLITE_JSON:  # one row (a JSON array), as in _latest_votes; the hour from the stored text
-            marks, params = _padded(chunk)
-            found = conn.exec_driver_sql(f"SELECT json_group_array(json_array(id, substr(created_at, 1, 13), model, "
-                                         f"experiment_id, arm)) FROM usage_records WHERE id IN ({marks})",
-                                         params).scalar()
-            for rid, hour, model, exp, arm in (json.loads(found) if found else ()):
-                keys[rid] = (_hour_of_text(hour), model, int(exp or 0), arm or "")
-        elif sqlite:
-            marks, params = _padded(chunk)
-            rows = conn.exec_driver_sql(f"SELECT id, substr(created_at, 1, 13), model, experiment_id, arm FROM "
-                                        f"usage_records WHERE id IN ({marks})", params)
-            for rid, hour, model, exp, arm in rows:
-                keys[rid] = (_hour_of_text(hour), model, int(exp or 0), arm or "")
-        else:
+        if not sqlite:
             for rid, at, model, exp, arm in conn.execute(_KEYS_OF, {"ids": list(chunk)}):
                 keys[rid] = _key(at, model, exp, arm)
+            continue
+        marks, params = _padded(chunk)
+        rows: Any = None
+        if _SQLITE_JSON:  # one row (a JSON array), as in _latest_votes
+            rows = _json_rows(conn, "SELECT json_group_array(json_array(id, created_at, model, experiment_id, arm)) "
+                              f"FROM usage_records WHERE id IN ({marks})", params)
+        if rows is None:
+            rows = conn.exec_driver_sql(f"SELECT id, created_at, model, experiment_id, arm FROM usage_records "
+                                        f"WHERE id IN ({marks})", params)
+        for rid, at, model, exp, arm in rows:
+            keys[rid] = (_hour_of_text(at), model, int(exp or 0), arm or "")
     return keys
+
+
+def _json_rows(conn: Connection, sql: str, params: tuple[Any, ...]) -> list[Any] | None:
+    """The rows of a query that returns them as one JSON array; None when SQLite cannot build it
+    (a hand-written row holding a BLOB): the caller then reads them row by row, as before."""
+    try:
+        found = conn.exec_driver_sql(sql, params).scalar()
+    except DBAPIError:  # the statement failed; the transaction goes on
+        return None
+    return json.loads(found) if found else []
 
 
 _HOURS: dict[str, datetime] = {}
 
 
-def _hour_of_text(prefix: str) -> datetime:
-    """The hour of a stored SQLite timestamp's first 13 characters (``YYYY-MM-DD HH``, UTC)."""
+def _hour_of_text(stored: Any) -> datetime:
+    """The UTC hour of a ``created_at`` as SQLite stores it (``YYYY-MM-DD HH:MM:SS.ffffff``, naive UTC)."""
+    prefix = stored[:13] if type(stored) is str else stored
     hour = _HOURS.get(prefix)
     if hour is None:
+        if type(stored) is str and len(stored) >= 13 and stored[10] in " T":
+            hour = datetime.fromisoformat(prefix + ":00:00").replace(tzinfo=timezone.utc)
+        else:  # anything else a hand-written row may hold (a date alone, ...): parse it whole
+            at = stored if isinstance(stored, datetime) else datetime.fromisoformat(str(stored))
+            return hour_of(at if at.tzinfo else at.replace(tzinfo=timezone.utc))
         if len(_HOURS) > 10_000:
             _HOURS.clear()
-        hour = _HOURS[prefix] = datetime.fromisoformat(prefix + ":00:00").replace(tzinfo=timezone.utc)
+        _HOURS[prefix] = hour
     return hour
 
 

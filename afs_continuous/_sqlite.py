@@ -19,8 +19,9 @@ BUSY_TIMEOUT_MS = 30_000
 #: every write transaction rewrites the pages it touched (in the WAL, then at the checkpoint): with
 #: larger pages the logger's writer costs less CPU per record (13.9 against 15.9 us per record or
 #: vote on a store of a million records, ``benchmarks/bench_store_scale.py``), and a record of 2 KB
-#: takes less space (2.6 against 3.1 GB per million). An existing file keeps its page size
-#: (``VACUUM`` converts it).
+#: takes less space (2.6 against 3.1 GB per million). An existing file keeps its page size: a WAL file
+#: converts only out of WAL mode (``journal_mode=DELETE``, ``page_size``, ``VACUUM``, back to WAL;
+#: docs/deployment.md).
 PAGE_SIZE = 16_384
 
 

@@ -312,3 +312,46 @@ def test_db_rebuild_rollups_recomputes_them_from_the_records(tmp_path: Path) -> 
         assert assert_rollups_equal_raw(store) == 200
     finally:
         store.dispose()
+
+
+def test_rows_written_around_the_sdk_never_break_the_writer(tmp_path: Path) -> None:
+    """Rows loaded by hand (an empty id, a date-only timestamp, a BLOB model name) next to the SDK's, and
+    feedback batches of sizes that are not powers of two: the writer commits every event (the rollups'
+    reads pad their id lists, parse what they find, and fall back to row-by-row reads)."""
+    from afs_continuous._rows import USAGE_COLUMNS
+
+    db = tmp_path / "usage.db"
+    clock = ManualClock(START)
+    with UsageLogger(db, clock=clock) as logger:
+        ids = [logger.log(query=f"q{i}", response="r", model="m", latency_ms=5.0) for i in range(40)]
+    store = Store(str(db))
+    odd = {"": "2026-01-01 10:00:00.000000", "d": "2026-01-01", "b": "2026-01-01 10:00:00.000000"}
+    with store.write() as conn:
+        for rid, at in odd.items():
+            row = dict.fromkeys(USAGE_COLUMNS)
+            row.update(id=rid, created_at=at, query="q", response="r", model=b"m" if rid == "b" else "m",
+                       truncated=0, query_chars=1, response_chars=1)
+            conn.exec_driver_sql(f"INSERT INTO usage_records ({', '.join(USAGE_COLUMNS)}) VALUES "
+                                 f"({', '.join('?' * len(USAGE_COLUMNS))})", tuple(row[c] for c in USAGE_COLUMNS))
+    sent = 0
+    try:
+        with UsageLogger(store, clock=clock) as logger:
+            for n in (1, 3, 5, 6, 7, 9):
+                for rid in ids[:n]:
+                    logger.record_feedback(rid, 1 if n % 2 else -1)
+                logger.record_feedback("d", -1)
+                if n > 5:
+                    logger.record_feedback("b", 1)
+                sent += n + 1 + (n > 5)
+                assert logger.flush()
+            stats = logger.writer_stats()
+        assert stats["n_dropped"] == 0 and stats["n_write_errors"] == 0, stats
+        with store.read() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM feedback_events").scalar() == sent
+            # every record counts once with its latest vote: the first 9 +1 (the last batch), "d" -1 (its
+            # date alone is the same hour)
+            up, down = conn.exec_driver_sql("SELECT sum(feedback_up), sum(feedback_down) FROM usage_rollups WHERE "
+                                            "model = 'm' AND hour = ?", (f"{START:%Y-%m-%d %H}:00:00.000000",)).one()
+        assert (up, down) == (9, 1)
+    finally:
+        store.dispose()
