@@ -39,6 +39,7 @@ from sqlalchemy import bindparam, delete, func, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from ._rows import sqlite_ts
 from ._telemetry_tables import UsageRollup
 from .store import FeedbackEvent, UsageRecord
 
@@ -214,26 +215,13 @@ _SQLITE_UPSERT = (f"INSERT INTO usage_rollups ({', '.join(_KEY_COLUMNS + _COLUMN
                   f"{', '.join(f'{c} = excluded.{c}' for c in _COLUMNS)}")
 
 
-def _sqlite_hour(hour: datetime) -> str:
-    """An hour in the text form SQLAlchemy's SQLite DateTime stores (naive UTC, microseconds)."""
-    return f"{hour:%Y-%m-%d %H:%M:%S.%f}"
-
-
 def _latest_votes(conn: Connection, ids: Sequence[str]) -> dict[str, int]:
     """The latest stored vote of each record id that has events."""
     votes: dict[str, int] = {}
-    sqlite = conn.dialect.name == "sqlite"
     for chunk in _chunks(ids):
-        rows: Any = None
-        if sqlite:
-            marks, params = _padded(chunk)
-            if _SQLITE_JSON:  # one row (a JSON array): the driver releases the GIL once per row it steps
-                rows = _json_rows(conn, "SELECT json_group_array(json_array(record_id, feedback)) FROM (SELECT "
-                                  f"record_id, feedback FROM feedback_events WHERE record_id IN ({marks}) "
-                                  "ORDER BY id)", params)
-            if rows is None:
-                rows = conn.exec_driver_sql(f"SELECT record_id, feedback FROM feedback_events WHERE record_id IN "
-                                            f"({marks}) ORDER BY id", params)
+        if conn.dialect.name == "sqlite":
+            rows: Any = _sqlite_rows(conn, "record_id, feedback", "FROM feedback_events WHERE record_id IN ({ids}) "
+                                     "ORDER BY id", chunk)
         else:
             rows = conn.execute(_VOTES_OF, {"ids": list(chunk)})
         for rid, value in rows:
@@ -243,52 +231,49 @@ def _latest_votes(conn: Connection, ids: Sequence[str]) -> dict[str, int]:
 
 def _record_keys(conn: Connection, ids: Sequence[str]) -> dict[str, Key]:
     keys: dict[str, Key] = {}
-    sqlite = conn.dialect.name == "sqlite"
     for chunk in _chunks(ids):
-        if not sqlite:
+        if conn.dialect.name == "sqlite":
+            for rid, at, model, exp, arm in _sqlite_rows(conn, "id, created_at, model, experiment_id, arm",
+                                                         "FROM usage_records WHERE id IN ({ids})", chunk):
+                keys[rid] = (_hour_of_text(at), model, int(exp or 0), arm or "")
+        else:
             for rid, at, model, exp, arm in conn.execute(_KEYS_OF, {"ids": list(chunk)}):
                 keys[rid] = _key(at, model, exp, arm)
-            continue
-        marks, params = _padded(chunk)
-        rows: Any = None
-        if _SQLITE_JSON:  # one row (a JSON array), as in _latest_votes
-            rows = _json_rows(conn, "SELECT json_group_array(json_array(id, created_at, model, experiment_id, arm)) "
-                              f"FROM usage_records WHERE id IN ({marks})", params)
-        if rows is None:
-            rows = conn.exec_driver_sql(f"SELECT id, created_at, model, experiment_id, arm FROM usage_records "
-                                        f"WHERE id IN ({marks})", params)
-        for rid, at, model, exp, arm in rows:
-            keys[rid] = (_hour_of_text(at), model, int(exp or 0), arm or "")
     return keys
 
 
-def _json_rows(conn: Connection, sql: str, params: tuple[Any, ...]) -> list[Any] | None:
-    """The rows of a query that returns them as one JSON array; None when SQLite cannot build it
-    (a hand-written row holding a BLOB): the caller then reads them row by row, as before."""
-    try:
-        found = conn.exec_driver_sql(sql, params).scalar()
-    except DBAPIError:  # the statement failed; the transaction goes on
-        return None
-    return json.loads(found) if found else []
+def _sqlite_rows(conn: Connection, columns: str, rest: str, chunk: Sequence[str]) -> Any:
+    """``SELECT columns rest`` on SQLite (``{ids}`` in ``rest``: the padded IN list of ``chunk``), read as
+    one JSON array when SQLite has its JSON functions (the driver steps one row, not one per record),
+    else, or when SQLite cannot build the JSON (a hand-written row holding a BLOB), row by row."""
+    marks, params = _padded(chunk)
+    query = f"SELECT {columns} {rest.format(ids=marks)}"
+    if _SQLITE_JSON:
+        try:
+            found = conn.exec_driver_sql(f"SELECT json_group_array(json_array({columns})) FROM ({query})",
+                                         params).scalar()
+            return json.loads(found) if found else []
+        except DBAPIError:  # the statement failed; the transaction goes on
+            pass
+    return conn.exec_driver_sql(query, params)
 
 
 _HOURS: dict[str, datetime] = {}
 
 
 def _hour_of_text(stored: Any) -> datetime:
-    """The UTC hour of a ``created_at`` as SQLite stores it (``YYYY-MM-DD HH:MM:SS.ffffff``, naive UTC)."""
-    prefix = stored[:13] if type(stored) is str else stored
-    hour = _HOURS.get(prefix)
-    if hour is None:
-        if type(stored) is str and len(stored) >= 13 and stored[10] in " T":
-            hour = datetime.fromisoformat(prefix + ":00:00").replace(tzinfo=timezone.utc)
-        else:  # anything else a hand-written row may hold (a date alone, ...): parse it whole
-            at = stored if isinstance(stored, datetime) else datetime.fromisoformat(str(stored))
-            return hour_of(at if at.tzinfo else at.replace(tzinfo=timezone.utc))
-        if len(_HOURS) > 10_000:
-            _HOURS.clear()
-        _HOURS[prefix] = hour
-    return hour
+    """The UTC hour of a ``created_at`` as SQLite stores it (``YYYY-MM-DD HH:MM:SS.ffffff``, naive UTC;
+    cached by its first 13 characters), or of anything else a hand-written row may hold."""
+    if type(stored) is str and len(stored) >= 13 and stored[10] in " T":
+        prefix = stored[:13]
+        hour = _HOURS.get(prefix)
+        if hour is None:
+            if len(_HOURS) > 10_000:
+                _HOURS.clear()
+            hour = _HOURS[prefix] = datetime.fromisoformat(prefix + ":00:00").replace(tzinfo=timezone.utc)
+        return hour
+    at = stored if isinstance(stored, datetime) else datetime.fromisoformat(str(stored))  # a date alone, ...
+    return hour_of(at if at.tzinfo else at.replace(tzinfo=timezone.utc))
 
 
 def apply_batch(conn: Connection, records: Sequence[tuple[Any, ...]], events: Sequence[tuple[Any, ...]]) -> None:
@@ -349,7 +334,7 @@ def _merge_into_table(conn: Connection, acc: dict[Key, list[Any]], *, empty: boo
         if empty:
             stored = None
         elif sqlite:
-            stored = conn.exec_driver_sql(_SQLITE_ROW_AT, (_sqlite_hour(key[0]), key[1], key[2], key[3])).first()
+            stored = conn.exec_driver_sql(_SQLITE_ROW_AT, (sqlite_ts(key[0]), key[1], key[2], key[3])).first()
         else:
             stored = conn.execute(_ROW_AT, {"k_hour": key[0], "k_model": key[1], "k_exp": key[2],
                                             "k_arm": key[3]}).first()
@@ -373,7 +358,7 @@ def _merge_into_table(conn: Connection, acc: dict[Key, list[Any]], *, empty: boo
 def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
     backend = conn.dialect.name
     if backend == "sqlite":
-        conn.exec_driver_sql(_SQLITE_UPSERT, [(_sqlite_hour(r["hour"]), r["model"], r["experiment_id"], r["arm"],
+        conn.exec_driver_sql(_SQLITE_UPSERT, [(sqlite_ts(r["hour"]), r["model"], r["experiment_id"], r["arm"],
                                                *(r[c] for c in _COLUMNS)) for r in rows])
         return
     stmt = _UPSERTS.get(backend)

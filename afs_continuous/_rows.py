@@ -2,7 +2,8 @@
 
 A record travels from ``log()`` to the writer as a tuple (texts already capped, redacted, original
 lengths kept); the writer turns a batch into rows here: tuples in column order for SQLite's
-``executemany`` (no per-row SQLAlchemy processing), dicts for SQLAlchemy Core elsewhere.
+multi-row ``INSERT`` (:func:`sqlite_insert_many`, no per-row SQLAlchemy processing), dicts for
+SQLAlchemy Core elsewhere. Record ids are made here too (:func:`new_record_id`).
 """
 
 from __future__ import annotations
@@ -90,9 +91,8 @@ def sqlite_ts(value: datetime) -> str:
 def sqlite_insert_many(conn: Any, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
     """Insert ``rows`` (tuples in ``columns`` order) into a SQLite table with multi-row ``INSERT ... VALUES``.
 
-    One statement step per chunk of rows, not one per row as ``executemany`` does: the driver releases
-    the GIL around every step, and in a busy service each release hands the GIL to the event loop
-    and back (a thread switch per row). Chunks are powers of two up to 256 rows (bounded by the
+    One statement step per chunk of rows, not one per row as ``executemany`` does (the driver
+    releases and takes back the GIL around every step). Chunks are powers of two up to 256 rows (bounded by the
     connection's limit on bound parameters), so the driver's statement cache holds a few statements
     for every batch size; rows are inserted in order (feedback events keep their order of ids).
 
